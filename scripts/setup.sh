@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment in .venv with Python 3.10.
+#
+# Idempotent: a stamp holding the hash of requirements.txt makes a second run with nothing changed finish in
+# seconds; when requirements.txt changes, the requirements are installed again. Ends by proving that
+# `import oneflow` works from the venv (cv/__init__ makes the CUDA libraries it links loadable).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.requirements.sha256"
+
+find_python310() {
+  local cand
+  # A pyenv shim named python3.10 exists even when 3.10 is not the active version, and then fails:
+  # so every candidate is run, not just looked up.
+  for cand in "${PYTHON:-}" python3.10 "$(command -v pyenv >/dev/null && pyenv root)"/versions/3.10.*/bin/python3.10; do
+    [ -n "$cand" ] || continue
+    if "$cand" -c 'import sys, venv; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1; then
+      command -v "$cand" 2>/dev/null || echo "$cand"
+      return 0
+    fi
+  done
+  return 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! PY="$(find_python310)"; then
+    cat >&2 <<'MSG'
+setup.sh: no working Python 3.10 found (oneflow 0.9.0 has wheels only for Python <= 3.10).
+Install one, then run this script again, e.g.:
+  pyenv install 3.10.13                          # with pyenv
+  sudo apt-get install python3.10 python3.10-venv  # Debian/Ubuntu with 3.10 packaged
+or point to an interpreter: PYTHON=/path/to/python3.10 bash scripts/setup.sh
+MSG
+    exit 1
+  fi
+  echo "setup.sh: creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
+fi
+
+# The stamp covers this script too: changing how we install also re-installs.
+want="$(cat "$ROOT/requirements.txt" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "setup.sh: installing requirements.txt into $VENV (first run downloads about 2.5 GB)"
+  pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+  # flowvision 0.2.1 exists only as an sdist whose setup.py imports pkg_resources, which recent setuptools no
+  # longer provides in pip's isolated build environments: build it here against a setuptools that has it.
+  "${pip[@]}" --upgrade pip==24.3.1 setuptools==69.5.1 wheel==0.44.0
+  "${pip[@]}" --no-build-isolation -r "$ROOT/requirements.txt"
+  echo "$want" > "$STAMP"
+fi
+
+# Put the repository on the venv's import path, and install the hook that prepares OneFlow (CUDA libraries,
+# OpenBLAS core type) before it is imported: a .pth file's "import" lines run at interpreter start-up.
+SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+printf '%s\nimport cv\n' "$ROOT" > "$SITE/ssd300_vgg16_repo.pth"
+
+# Prove the environment works, from outside the repository, as a user's program would import it.
+if ! out="$(cd / && "$VENV/bin/python" -c 'import oneflow as flow, cv.detection.ssd300_vgg16; print(flow.__version__)' 2>&1)"; then
+  echo "$out" >&2
+  echo "setup.sh: importing oneflow from $VENV failed (output above)" >&2
+  exit 1
+fi
+echo "setup.sh: $VENV ready (oneflow $(echo "$out" | tail -n 1))"
