@@ -10,6 +10,7 @@ import oneflow.nn.functional as F
 from oneflow import nn
 
 from cv.detection import box_ops
+from cv.detection.layers import Conv2d
 
 
 def xavier_init(module):
@@ -40,7 +41,7 @@ class SSDScoringHead(nn.Module):
 
 class SSDClassificationHead(SSDScoringHead):
     def __init__(self, in_channels, num_anchors, num_classes):
-        convs = nn.ModuleList(nn.Conv2d(c, num_classes * a, kernel_size=3, padding=1)
+        convs = nn.ModuleList(Conv2d(c, num_classes * a, kernel_size=3, padding=1)
                               for c, a in zip(in_channels, num_anchors))
         xavier_init(convs)
         super().__init__(convs, num_classes)
@@ -48,7 +49,7 @@ class SSDClassificationHead(SSDScoringHead):
 
 class SSDRegressionHead(SSDScoringHead):
     def __init__(self, in_channels, num_anchors):
-        convs = nn.ModuleList(nn.Conv2d(c, 4 * a, kernel_size=3, padding=1) for c, a in zip(in_channels, num_anchors))
+        convs = nn.ModuleList(Conv2d(c, 4 * a, kernel_size=3, padding=1) for c, a in zip(in_channels, num_anchors))
         xavier_init(convs)
         super().__init__(convs, 4)
 

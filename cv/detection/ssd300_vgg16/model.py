@@ -12,6 +12,7 @@ import oneflow.nn.functional as F
 from oneflow import nn
 
 from cv.detection.anchors import DefaultBoxGenerator
+from cv.detection.layers import Conv2d
 from cv.detection.ssd import SSD, xavier_init
 
 # Published weights, beside the model as data. The backbone weights are the Caffe VGG16 of the original SSD
@@ -52,7 +53,7 @@ def vgg16_features():
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            conv = nn.Conv2d(channels, v, kernel_size=3, padding=1)
+            conv = Conv2d(channels, v, kernel_size=3, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.constant_(conv.bias, 0.0)
             layers += [conv, nn.ReLU(inplace=True)]
@@ -62,8 +63,8 @@ def vgg16_features():
 
 def _extra_block(in_channels, mid_channels, out_channels, **conv_kwargs):
     return nn.Sequential(
-        nn.Conv2d(in_channels, mid_channels, kernel_size=1), nn.ReLU(inplace=True),
-        nn.Conv2d(mid_channels, out_channels, kernel_size=3, **conv_kwargs), nn.ReLU(inplace=True),
+        Conv2d(in_channels, mid_channels, kernel_size=1), nn.ReLU(inplace=True),
+        Conv2d(mid_channels, out_channels, kernel_size=3, **conv_kwargs), nn.ReLU(inplace=True),
     )
 
 
@@ -87,9 +88,9 @@ class SSDFeatureExtractorVGG(nn.Module):
         self.features = nn.Sequential(*backbone[: pools[3]])
         fc = nn.Sequential(
             nn.MaxPool2d(kernel_size=3, stride=1, padding=1),  # pool5: 3x3 stride 1 instead of 2x2 stride 2
-            nn.Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6),  # fc6, atrous (dilated), subsampled
+            Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6),  # fc6, atrous (dilated), subsampled
             nn.ReLU(inplace=True),
-            nn.Conv2d(1024, 1024, kernel_size=1),  # fc7
+            Conv2d(1024, 1024, kernel_size=1),  # fc7
             nn.ReLU(inplace=True),
         )
         extra = nn.ModuleList([
