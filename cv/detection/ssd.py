@@ -248,7 +248,7 @@ class SSD(nn.Module):
             keep = top_scores[i] > self.score_thresh
             det_scores = top_scores[i][keep]
             det_boxes = boxes[i][top_idx[i][keep]]
-            det_labels = flow.argwhere(keep)[:, 1] + 1
+            det_labels = flow.argwhere(keep)[:, 1].to(flow.int64) + 1  # argwhere gives int32
             kept = box_ops.batched_nms(det_boxes, det_scores, det_labels, self.nms_thresh)[: self.detections_per_img]
             scale = flow.tensor([w / out_w, h / out_h] * 2, dtype=det_boxes.dtype, device=det_boxes.device)
             detections.append({"boxes": det_boxes[kept] * scale, "scores": det_scores[kept],
