@@ -51,3 +51,12 @@ def ssd300_pair():
     ours = ssd300_vgg16()
     ours.load_state_dict(reference.state_dict())
     return ours, reference
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory):
+    """A small sample dataset (40 train, 12 val images), generated once per test session."""
+    from cv.detection.sample_dataset import make_sample_dataset
+    root = tmp_path_factory.mktemp("sample_coco")
+    make_sample_dataset(root, seed=0, num_train=40, num_val=12)
+    return root

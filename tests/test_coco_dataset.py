@@ -206,3 +206,11 @@ def test_distributed_sampler_shards_and_reshuffles_per_epoch(tmp_path):
         assert len(shards[epoch, 0]) == len(shards[epoch, 1]) == 6
         assert set(shards[epoch, 0]) | set(shards[epoch, 1]) == set(range(11))
     assert shards[0, 0] != shards[1, 0]
+
+
+def test_ground_truth_for_evaluation(tmp_path):
+    root = write_dataset(tmp_path, [(5, "a.jpg", rgb(), (60, 40))],
+                         [{"image_id": 5, "category_id": 7, "bbox": [10, 5, 20, 10]}])
+    gt = CocoDetection(root, "train", train=False).coco()
+    assert gt.getImgIds() == [5] and gt.getCatIds() == [3, 7, 12]
+    assert gt.loadAnns(gt.getAnnIds(imgIds=[5]))[0]["bbox"] == [10, 5, 20, 10]

@@ -12,6 +12,8 @@ Only what SSD uses is decoded: boxes and categories, never segmentation masks. T
 oneflow: it runs in DataLoader worker processes, and samples stay NumPy arrays until the training process
 turns a batch into tensors (:func:`to_tensors`).
 """
+import contextlib
+import io
 import json
 import logging
 import os
@@ -19,6 +21,8 @@ import warnings
 
 import numpy as np
 from PIL import Image
+
+from cv.detection.transforms import to_chw_float
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +112,6 @@ def load_rgb(path):
         return img.convert("RGB")
 
 
-def to_float_chw(image):
-    """An RGB PIL image as a float32 ``[3, H, W]`` array in 0-1."""
-    return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
-
-
 class CocoDetection:
     """A COCO-format split as (image, target) samples.
 
@@ -183,6 +182,7 @@ class CocoDetection:
         if not self.images:
             raise ValueError(f"{self.annotation_file}: no usable images in the '{split}' split")
         self._unreadable = 0
+        self._coco = None
 
     def __len__(self):
         return len(self.images)
@@ -193,6 +193,19 @@ class CocoDetection:
 
     def image_id(self, index):
         return self.images[index][0]
+
+    def coco(self):
+        """The annotation file as a ``pycocotools.coco.COCO`` (the ground truth for evaluation), built once from
+        the already-checked data rather than by reading the file again."""
+        if self._coco is None:
+            from pycocotools.coco import COCO
+
+            coco = COCO()
+            coco.dataset = self.dataset
+            with contextlib.redirect_stdout(io.StringIO()):  # "creating index... index created!"
+                coco.createIndex()
+            self._coco = coco
+        return self._coco
 
     def _read(self, index):
         image_id, path, h, w, boxes, labels = self.images[index]
@@ -223,7 +236,7 @@ class CocoDetection:
             raise OSError(f"no image of {self.image_dir} can be read")
         image_id, _, h, w, _, _ = self.images[i]
         if self.transform is None:
-            image = to_float_chw(image)
+            image = to_chw_float(image)
         else:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             image, boxes, labels = self.transform(image, boxes, labels, rng)
@@ -248,19 +261,24 @@ def to_tensors(images, targets, device="cpu"):
 
 
 def make_loader(dataset, batch_size, workers=2, shuffle=True, distributed=False, drop_last=False, seed=0):
-    """A DataLoader over ``dataset`` with :func:`collate`; with ``distributed``, each rank reads its own shard
-    (``DistributedSampler``: call ``loader.sampler.set_epoch(e)`` and ``dataset.set_epoch(e)`` each epoch)."""
-    from oneflow.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+    """A DataLoader over ``dataset`` with :func:`collate`.
 
-    import oneflow as flow
+    The order depends only on ``seed`` and the epoch (call :func:`set_epoch` before each epoch), never on how
+    many epochs this loader has run: a resumed run sees the same batches as an uninterrupted one. With
+    ``distributed``, each rank reads its own shard; the last shard is padded with repeated images, which the
+    evaluator de-duplicates.
+    """
+    from oneflow.utils.data import DataLoader, DistributedSampler
 
     if distributed:
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    elif shuffle:
-        generator = flow.Generator()
-        generator.manual_seed(seed)
-        sampler = RandomSampler(dataset, generator=generator)
     else:
-        sampler = SequentialSampler(dataset)
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                       drop_last=drop_last and not distributed)
+
+
+def set_epoch(loader, epoch):
+    """Select the epoch's shuffle and augmentation draws."""
+    loader.sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)

@@ -1,0 +1,242 @@
+"""COCO bbox evaluation (:mod:`cv.detection.coco_eval`) against a small hand-made ground truth.
+
+The ground truth has non-contiguous category ids (1, 3, 7), mapped from contiguous model labels 1..3, and objects
+of all three COCO area ranges, so that the mapping and the per-size stats are exercised. The distributed test runs
+a real 2-process oneflow launch on CPU.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from cv.detection.coco_eval import STAT_NAMES, CocoEvaluator, detections_to_coco_results
+
+LABEL_TO_CATEGORY_ID = {1: 1, 2: 3, 3: 7}
+CATEGORY_ID_TO_LABEL = {c: label for label, c in LABEL_TO_CATEGORY_ID.items()}
+
+# image id -> [(category id, [x, y, w, h]), ...]; sizes: small (< 32^2), medium, large (> 96^2).
+GROUND_TRUTH = {
+    11: [(1, [10, 10, 20, 15]), (3, [50, 40, 60, 50]), (7, [120, 100, 150, 130])],
+    12: [(3, [5, 5, 25, 20]), (3, [200, 150, 40, 70]), (1, [30, 60, 120, 110])],
+    15: [(7, [300, 20, 18, 28]), (1, [40, 200, 80, 45])],
+    20: [(7, [0, 0, 200, 180]), (3, [250, 250, 30, 30]), (1, [100, 10, 55, 40])],
+    27: [(1, [60, 70, 90, 120]), (7, [10, 300, 26, 12])],
+}
+
+
+def make_coco():
+    images, annotations = [], []
+    for image_id, objects in GROUND_TRUTH.items():
+        images.append({"id": image_id, "width": 400, "height": 400, "file_name": f"{image_id}.jpg"})
+        for category_id, (x, y, w, h) in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                                "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0})
+    categories = [{"id": c, "name": f"class{c}"} for c in sorted(CATEGORY_ID_TO_LABEL)]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    coco.createIndex()
+    return coco
+
+
+def detections_for(image_id, jitter=None, seed=0):
+    """The ground truth of ``image_id`` as model output ([x1, y1, x2, y2], model labels, score 1.0); ``jitter``
+    (lo, hi) shifts each box by that fraction of its size along x or y (random axis and direction): IoU
+    (1 - f) / (1 + f), so 0.67 to 0.43 for shifts of 20% to 40%, on both sides of the 0.5 threshold."""
+    rng = np.random.default_rng(seed + image_id)
+    boxes, labels = [], []
+    for category_id, (x, y, w, h) in GROUND_TRUTH[image_id]:
+        if jitter is not None:
+            f = rng.uniform(*jitter) * rng.choice([-1, 1])
+            if rng.integers(2):
+                x += f * w
+            else:
+                y += f * h
+        boxes.append([x, y, x + w, y + h])
+        labels.append(CATEGORY_ID_TO_LABEL[category_id])
+    n = len(boxes)
+    # Distinct scores: with jitter the ranking then decides which detections come first, as for a real model.
+    scores = np.ones(n) if jitter is None else rng.uniform(0.3, 1.0, size=n)
+    return {"boxes": np.asarray(boxes, dtype=np.float32), "scores": scores.astype(np.float32),
+            "labels": np.asarray(labels, dtype=np.int64)}
+
+
+def empty_detections():
+    return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32), "labels": np.zeros(0, np.int64)}
+
+
+def evaluate(image_ids, detections, output_json=None):
+    evaluator = CocoEvaluator(make_coco(), LABEL_TO_CATEGORY_ID)
+    evaluator.update(image_ids, detections)
+    return evaluator.summarize(output_json)
+
+
+def test_ground_truth_as_detections_is_perfect(capsys):
+    ids = list(GROUND_TRUTH)
+    stats = evaluate(ids, [detections_for(i) for i in ids])
+    assert set(stats) == set(STAT_NAMES)
+    assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0)
+    assert stats["APs"] == pytest.approx(1.0) and stats["APm"] == pytest.approx(1.0)
+    assert stats["APl"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)
+    out = capsys.readouterr().out
+    # The standard summary table is printed, pycocotools' step-by-step chatter is not.
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in out
+    assert out.count("Average Precision") == 6 and out.count("Average Recall") == 6
+    assert "Loading and preparing results" not in out and "DONE" not in out
+
+
+def test_oneflow_tensors_are_accepted():
+    import oneflow as flow
+
+    ids = list(GROUND_TRUTH)
+    detections = [{k: flow.tensor(v) for k, v in detections_for(i).items()} for i in ids]
+    assert evaluate([flow.tensor(i) for i in ids], detections)["AP"] == pytest.approx(1.0)
+    assert detections_to_coco_results(ids, detections, LABEL_TO_CATEGORY_ID) == \
+        detections_to_coco_results(ids, [detections_for(i) for i in ids], LABEL_TO_CATEGORY_ID)
+
+
+def test_jittered_detections_lower_ap_and_results_file(tmp_path):
+    ids = list(GROUND_TRUTH)
+    detections = [detections_for(i, jitter=(0.2, 0.4)) for i in ids]
+    path = tmp_path / "eval" / "results.json"
+    stats = evaluate(ids, detections, output_json=str(path))
+    assert 0.0 < stats["AP"] < 1.0
+    assert stats["AP75"] < stats["AP50"]  # some shifted boxes keep IoU > 0.5, none 0.75
+
+    results = json.loads(path.read_text())
+    assert not [p for p in os.listdir(path.parent) if p != "results.json"]  # no temporary file left behind
+    assert len(results) == sum(len(v) for v in GROUND_TRUTH.values())
+    assert results == detections_to_coco_results(ids, detections, LABEL_TO_CATEGORY_ID)
+    for r in results:
+        assert set(r) == {"image_id", "category_id", "bbox", "score"}
+        assert type(r["image_id"]) is int and type(r["category_id"]) is int and type(r["score"]) is float
+        assert r["category_id"] in {1, 3, 7}  # the file's ids, not model labels
+        assert len(r["bbox"]) == 4 and all(type(v) is float and round(v, 2) == v for v in r["bbox"])
+    # [x1, y1, x2, y2] -> [x, y, w, h]: the jitter moves boxes but keeps their sizes.
+    first = results[0]
+    assert first["image_id"] == 11 and first["category_id"] == 1
+    assert first["bbox"][2:] == pytest.approx([20, 15], abs=0.01)
+
+    # The file alone reproduces the numbers (what the official tools would compute from it).
+    from pycocotools.cocoeval import COCOeval
+
+    coco = make_coco()
+    official = COCOeval(coco, coco.loadRes(str(path)), "bbox")
+    official.evaluate()
+    official.accumulate()
+    official.summarize()
+    assert official.stats[0] == pytest.approx(stats["AP"])
+
+
+def test_no_detections_gives_zero(tmp_path, capsys):
+    ids = list(GROUND_TRUTH)
+    path = tmp_path / "results.json"
+    stats = evaluate(ids, [empty_detections() for _ in ids], output_json=str(path))
+    assert stats == {name: 0.0 for name in STAT_NAMES}
+    assert json.loads(path.read_text()) == []
+    assert "No detections" in capsys.readouterr().out
+    # Nothing evaluated at all: the same.
+    assert CocoEvaluator(make_coco(), LABEL_TO_CATEGORY_ID).summarize() == {name: 0.0 for name in STAT_NAMES}
+
+
+def test_image_without_detections_counts():
+    ids = list(GROUND_TRUTH)
+    others = [i for i in ids if i != 12]
+    perfect = [detections_for(i) for i in others]
+    # Image 12 not evaluated at all: the others are perfect.
+    assert evaluate(others, perfect)["AP"] == pytest.approx(1.0)
+    # Image 12 evaluated but nothing found there: its ground truth is missed.
+    evaluator = CocoEvaluator(make_coco(), LABEL_TO_CATEGORY_ID)
+    evaluator.update(ids, [detections_for(i) if i != 12 else empty_detections() for i in ids])
+    assert 12 in evaluator.image_ids
+    stats = evaluator.summarize()
+    assert 0.0 < stats["AP"] < 1.0 and stats["AR100"] < 1.0
+
+
+def test_label_mapping_round_trip_and_unknown_label():
+    # Every label maps to its category id and back; the category ids are the non-contiguous ones of the file.
+    for label, category_id in LABEL_TO_CATEGORY_ID.items():
+        det = {"boxes": np.array([[1.0, 2.0, 11.0, 22.0]]), "scores": np.array([0.5]), "labels": np.array([label])}
+        (result,) = detections_to_coco_results([20], [det], LABEL_TO_CATEGORY_ID)
+        assert result == {"image_id": 20, "category_id": category_id, "bbox": [1.0, 2.0, 10.0, 20.0], "score": 0.5}
+        assert CATEGORY_ID_TO_LABEL[result["category_id"]] == label
+    assert sorted(LABEL_TO_CATEGORY_ID.values()) == make_coco().getCatIds()
+
+    bad = {"boxes": np.zeros((2, 4)), "scores": np.ones(2), "labels": np.array([1, 5])}
+    with pytest.raises(ValueError, match=r"image 15: label 5 "):
+        detections_to_coco_results([15], [bad], LABEL_TO_CATEGORY_ID)
+    with pytest.raises(ValueError, match=r"image 15: label 5 "):
+        CocoEvaluator(make_coco(), LABEL_TO_CATEGORY_ID).update([15], [bad])
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        CocoEvaluator(make_coco(), LABEL_TO_CATEGORY_ID).update([99], [empty_detections()])
+
+
+def test_duplicated_images_are_counted_once():
+    ids = list(GROUND_TRUTH)
+    detections = [detections_for(i, jitter=(0.2, 0.4)) for i in ids]
+    once = evaluate(ids, detections)
+    # A sampler padding the last batch repeats images; here image 11 in the same batch and 20 in a later one.
+    evaluator = CocoEvaluator(make_coco(), LABEL_TO_CATEGORY_ID)
+    evaluator.update(ids + [11], detections + [detections[0]])
+    evaluator.update([20], [detections[ids.index(20)]])
+    assert evaluator.duplicates == 2 and sorted(evaluator.image_ids) == sorted(ids)
+    assert evaluator.summarize() == once
+
+
+DISTRIBUTED_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {tests_dir!r})
+import oneflow as flow
+from test_coco_eval import LABEL_TO_CATEGORY_ID, GROUND_TRUTH, make_coco, detections_for
+from cv.detection.coco_eval import CocoEvaluator
+
+out = {out!r}
+rank, world_size = flow.env.get_rank(), flow.env.get_world_size()
+assert world_size == 2, world_size
+ids = list(GROUND_TRUTH)
+# Like a distributed sampler: rank r takes every other image and the last batch is padded by repeating the first.
+padded = ids + ids[:len(ids) % world_size]
+mine = padded[rank::world_size]
+evaluator = CocoEvaluator(make_coco(), LABEL_TO_CATEGORY_ID)
+evaluator.update(mine, [detections_for(i, jitter=(0.2, 0.4)) for i in mine])
+evaluator.gather()
+stats = evaluator.summarize(os.path.join(out, "results.json") if rank == 0 else os.path.join(out, "rank1.json"))
+with open(os.path.join(out, f"stats{{rank}}.json"), "w") as f:
+    json.dump({{"stats": stats, "mine": mine, "images": sorted(evaluator.image_ids)}}, f)
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_gather_two_processes(tmp_path):
+    ids = list(GROUND_TRUTH)
+    single = evaluate(ids, [detections_for(i, jitter=(0.2, 0.4)) for i in ids])
+
+    script = tmp_path / "dist_eval.py"
+    script.write_text(textwrap.dedent(DISTRIBUTED_SCRIPT.format(
+        tests_dir=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path))))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(
+        [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2",
+         "--master_port", str(free_port()), str(script)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rank0 = json.loads((tmp_path / "stats0.json").read_text())
+    rank1 = json.loads((tmp_path / "stats1.json").read_text())
+    assert set(rank0["mine"]).isdisjoint(set(rank1["mine"]) - {ids[0]})  # each rank a different half (+ padding)
+    assert rank0["images"] == sorted(ids)  # rank 0 holds everything, once
+    assert rank0["stats"] == pytest.approx(single)
+    assert rank1["stats"] is None
+    assert (tmp_path / "results.json").exists() and not (tmp_path / "rank1.json").exists()
+    assert len(json.loads((tmp_path / "results.json").read_text())) == sum(len(v) for v in GROUND_TRUTH.values())
