@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtual environment in .venv with Python 3.10.
+# With --quiet, prints nothing when the environment is already up to date (train.sh and infer.sh use it).
 #
 # Idempotent: a stamp holding the hash of requirements.txt makes a second run with nothing changed finish in
 # seconds; when requirements.txt changes, the requirements are installed again. Ends by proving that
@@ -9,6 +10,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.requirements.sha256"
+QUIET=0
+[ "${1:-}" = "--quiet" ] && QUIET=1
 
 find_python310() {
   local cand
@@ -62,4 +65,4 @@ if ! out="$(cd / && "$VENV/bin/python" -c 'import oneflow as flow, cv.detection.
   echo "setup.sh: importing oneflow from $VENV failed (output above)" >&2
   exit 1
 fi
-echo "setup.sh: $VENV ready (oneflow $(echo "$out" | tail -n 1))"
+[ "$QUIET" = 1 ] || echo "setup.sh: $VENV ready (oneflow $(echo "$out" | tail -n 1))"

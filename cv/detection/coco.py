@@ -126,6 +126,7 @@ class CocoDetection:
         labels: ``"auto"``, ``"coco"`` or ``"contiguous"`` (see :func:`label_mapping`).
         seed: augmentation randomness; sample ``i`` in epoch ``e`` uses ``default_rng([seed, e, i])``, so runs are
             reproducible whatever the number of workers.
+        max_images: keep only the first N usable images (by image id), for quick runs.
 
     A sample is ``(image, target)``: ``image`` float32 ``[3, H, W]``; ``target`` a dict with ``boxes`` float32
     ``[N, 4]`` (``x1, y1, x2, y2`` in pixels of ``image``), ``labels`` int64 ``[N]``, ``image_id`` and
@@ -135,7 +136,7 @@ class CocoDetection:
     dropped. Everything dropped is counted in ``self.stats`` and reported once in a warning.
     """
 
-    def __init__(self, root, split="train", transform=None, train=None, labels="auto", seed=0):
+    def __init__(self, root, split="train", transform=None, train=None, labels="auto", seed=0, max_images=None):
         self.root = os.fspath(root)
         self.split = split
         self.image_dir = os.path.join(self.root, f"{split}2017")
@@ -175,6 +176,8 @@ class CocoDetection:
                     continue
             self.images.append((img["id"], os.path.join(self.image_dir, img["file_name"]), h, w,
                                 np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(labels_, dtype=np.int64)))
+        if max_images is not None:
+            self.images = self.images[:max_images]
         dropped = {k: v for k, v in self.stats.items() if v}
         if dropped:
             warnings.warn(f"{self.annotation_file}: " + ", ".join(f"{k.replace('_', ' ')}: {v}"
