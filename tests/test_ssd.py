@@ -5,6 +5,7 @@ import oneflow.nn.functional as F
 import pytest
 
 from cv.detection import box_ops
+from cv.detection.ssd import MIN_BOX_SIZE
 from tests.conftest import tiny_ssd
 from tests.test_box_ops import brute_force_nms
 
@@ -157,7 +158,8 @@ def reference_postprocess(model, head_outputs, anchors, image_sizes):
         for c in range(1, scores.shape[-1]):
             s = scores[i, :, c]
             idx = np.argsort(-s, kind="stable")[: model.topk_candidates]
-            idx = idx[s[idx] > model.score_thresh]
+            box_w, box_h = boxes[idx, 2] - boxes[idx, 0], boxes[idx, 3] - boxes[idx, 1]
+            idx = idx[(s[idx] > model.score_thresh) & (box_w >= MIN_BOX_SIZE) & (box_h >= MIN_BOX_SIZE)]
             keep = brute_force_nms(boxes[idx], s[idx], model.nms_thresh)
             cand += [(s[idx[k]], c, boxes[idx[k]]) for k in keep]
         cand.sort(key=lambda r: -r[0])
@@ -204,3 +206,17 @@ def test_eval_output_contract(tiny):
         assert ((det["labels"].numpy() >= 1) & (det["labels"].numpy() < 5)).all()
         b = det["boxes"].numpy()
         assert (b[:, [0, 1]] >= 0).all() and (b[:, 2] <= w + 1e-3).all() and (b[:, 3] <= h + 1e-3).all()
+
+
+def test_boxes_collapsed_by_clipping_are_dropped():
+    model = tiny_ssd(num_classes=3).eval()
+    num_anchors = 8 * 8 * 4 + 4 * 4 * 6 + 2 * 2 * 4
+    logits = flow.zeros(1, num_anchors, 3)
+    logits[0, :2, 1] = 10.0  # two confident class-1 detections ...
+    regression = flow.zeros(1, num_anchors, 4)
+    regression[0, 0, 0] = -200.0  # ... the first moved far off the left edge: clipped to zero width
+    anchors = model.anchor_generator([(8, 8), (4, 4), (2, 2)], model.size, "cpu")
+    det = model.postprocess_detections({"cls_logits": logits, "bbox_regression": regression}, anchors, [(64, 64)])[0]
+    boxes = det["boxes"].numpy()
+    assert len(boxes) >= 1 and (boxes[:, 2] - boxes[:, 0] > 0).all() and (boxes[:, 3] - boxes[:, 1] > 0).all()
+    np.testing.assert_allclose(boxes[0], anchors[1].numpy().clip(0, 64), atol=1e-4)  # the second one is kept

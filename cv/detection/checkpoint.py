@@ -90,6 +90,8 @@ def load_checkpoint(path):
     """The payload saved at ``path``; errors name the path."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path} (a checkpoint is a directory written by flow.save)")
+    if not os.path.isfile(os.path.join(path, "pickled_data")):
+        raise ValueError(f"{path} is not a checkpoint: it has no 'pickled_data' (a flow.save directory has one)")
     try:
         return flow.load(path)
     except Exception as e:  # flow.load raises assorted errors for partial or foreign directories

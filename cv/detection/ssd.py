@@ -13,6 +13,11 @@ from cv.detection import box_ops
 from cv.detection.layers import Conv2d
 
 
+# Detections narrower or lower than this many pixels (of the network input) are dropped (see
+# SSD.postprocess_detections); the value torchvision's other detectors use in remove_small_boxes.
+MIN_BOX_SIZE = 1e-2
+
+
 def xavier_init(module):
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
@@ -237,15 +242,21 @@ class SSD(nn.Module):
 
     def postprocess_detections(self, head_outputs, anchors, image_sizes):
         """Decode boxes, keep per class the best ``topk_candidates`` scoring above ``score_thresh``, NMS per
-        class, keep the best ``detections_per_img``, and map boxes to each input image's own size."""
+        class, keep the best ``detections_per_img``, and map boxes to each input image's own size.
+
+        Unlike flowvision's (and torchvision's) SSD, boxes that clipping to the image collapsed to under
+        ``MIN_BOX_SIZE`` pixels of width or height are dropped before NMS: they overlap nothing, so they can only
+        cost precision, and users would see them as empty detections on the image border.
+        """
         scores = F.softmax(head_outputs["cls_logits"], dim=-1)[..., 1:]  # [B, A, C-1], background dropped
         boxes = box_ops.clip_boxes_to_image(self.box_coder.decode(head_outputs["bbox_regression"], anchors), self.size)
         k = min(self.topk_candidates, scores.shape[1])
         top_scores, top_idx = scores.topk(k, dim=1)  # [B, k, C-1]: per class, its k best default boxes
+        nonempty = ((boxes[..., 2] - boxes[..., 0]) >= MIN_BOX_SIZE) & ((boxes[..., 3] - boxes[..., 1]) >= MIN_BOX_SIZE)
         out_h, out_w = self.size
         detections = []
         for i, (h, w) in enumerate(image_sizes):
-            keep = top_scores[i] > self.score_thresh
+            keep = (top_scores[i] > self.score_thresh) & nonempty[i][top_idx[i]]
             det_scores = top_scores[i][keep]
             det_boxes = boxes[i][top_idx[i][keep]]
             det_labels = flow.argwhere(keep)[:, 1].to(flow.int64) + 1  # argwhere gives int32

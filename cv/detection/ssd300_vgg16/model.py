@@ -173,3 +173,41 @@ def ssd300_vgg16(pretrained=False, progress=True, num_classes=91, pretrained_bac
     if pretrained:
         model.load_state_dict(load_weights("coco", progress))
     return model
+
+
+CLASSIFICATION_KEY = "head.classification_head.module_list.0.weight"
+
+
+def from_state_dict(state, source="the state dict"):
+    """An ``ssd300_vgg16`` holding ``state``, its ``num_classes`` read from the first classification conv (which
+    predicts ``num_classes`` scores for each of the first map's default boxes per cell).
+
+    Raises ValueError naming ``source`` when ``state`` is not an SSD300-VGG16 state dict, with a summary of the
+    missing, unexpected and misshapen keys (OneFlow's own message lists every key).
+    """
+    per_cell = 2 + 2 * len(SSD300_CONFIG["aspect_ratios"][0])
+    head = state.get(CLASSIFICATION_KEY) if isinstance(state, dict) else None
+    if head is None or head.dim() != 4 or head.shape[0] % per_cell:
+        found = f"{len(state)} keys, e.g. {', '.join(list(state)[:3])}" if isinstance(state, dict) else type(state)
+        raise ValueError(f"{source} is not an SSD300-VGG16 state dict: "
+                         + (f"it has no {CLASSIFICATION_KEY}" if head is None else
+                            f"{CLASSIFICATION_KEY} has shape {tuple(head.shape)}, expected "
+                            f"(num_classes*{per_cell}, 512, 3, 3)") + f" ({found})")
+    num_classes = head.shape[0] // per_cell
+    model = ssd300_vgg16(num_classes=num_classes)
+    expected = model.state_dict()
+    problems = []
+    for label, keys in (("missing", [k for k in expected if k not in state]),
+                        ("unexpected", [k for k in state if k not in expected]),
+                        ("wrong shape", [f"{k} {tuple(state[k].shape)} instead of {tuple(v.shape)}"
+                                         for k, v in expected.items() if k in state and state[k].shape != v.shape])):
+        if keys:
+            problems.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    if problems:
+        raise ValueError(f"{source} is not an SSD300-VGG16 state dict ({num_classes} classes, going by "
+                         f"{CLASSIFICATION_KEY}): " + "; ".join(problems))
+    try:
+        model.load_state_dict(state, strict=True)  # the final word (dtypes, anything the above missed)
+    except Exception as e:
+        raise ValueError(f"{source} does not load into ssd300_vgg16(num_classes={num_classes}): {e}") from e
+    return model

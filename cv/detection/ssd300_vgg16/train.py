@@ -34,12 +34,13 @@ DEFAULT_OUTPUT = os.path.join(REPO, "output", "ssd300_vgg16")
 # linearly with the actual global batch), 120 epochs with x0.1 at 80 and 110, linear warm-up, full augmentation,
 # VGG16 ImageNet backbone.
 RECIPE = dict(epochs=120, batch_size=4, lr=0.002, momentum=0.9, weight_decay=5e-4, lr_steps=[80, 110],
-              warmup_iters=1000, eval_every=10, pretrained_backbone=True, train_subset=None, val_subset=None)
+              warmup_iters=1000, eval_every=10, pretrained_backbone=True, train_subset=None, val_subset=None,
+              print_freq=20)
 LR_REFERENCE_BATCH = 32
 # The sample dataset's demo: the whole cycle (train, evaluate, save) in about ten minutes on 2 CPU cores. Far
 # too short to learn much from scratch; it shows the machinery, not accuracy.
 DEMO = dict(RECIPE, epochs=2, lr_steps=[], warmup_iters=10, eval_every=2, pretrained_backbone=False,
-            train_subset=48, val_subset=24)
+            train_subset=48, val_subset=24, print_freq=3)
 
 
 def get_args_parser():
@@ -76,7 +77,7 @@ def get_args_parser():
     r.add_argument("--test-only", action="store_true", help="only evaluate (--weights or --resume) on the val split")
     r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     r.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and augmentation (default 0)")
-    r.add_argument("--print-freq", type=int, default=20, help="iterations between progress lines (default 20)")
+    r.add_argument("--print-freq", type=int, help=f"iterations between progress lines (default {RECIPE['print_freq']})")
     r.add_argument("--eval-every", type=int, help=f"evaluate every N epochs, and after the last "
                                                   f"(default {RECIPE['eval_every']})")
     r.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept besides the best "
@@ -230,9 +231,12 @@ def main(args):
         if index.get("best"):
             print(f"best checkpoint: {os.path.join(args.output_dir, index['best'])} (AP {index['best_ap']:.4f})")
         print(f"metrics: {os.path.join(args.output_dir, 'metrics.jsonl')}, plot: {plot}")
-        train_sh = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.sh")
-        print(f"evaluate it again: bash {train_sh} --test-only --weights {latest}"
+        here = os.path.dirname(os.path.abspath(__file__))
+        print(f"evaluate it again: bash {os.path.join(here, 'train.sh')} --test-only --weights {latest}"
               + ("" if args.demo else f" --data-path {args.data_path}"))
+        print(f"run it on images:  bash {os.path.join(here, 'infer.sh')} --weights {latest} --images PATH ...")
+        print(f"publish it:        {sys.executable} {os.path.join(REPO, 'scripts', 'publish.py')} {latest} "
+              "--output-dir DIR")
     return stats
 
 

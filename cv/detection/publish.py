@@ -1,0 +1,386 @@
+"""Turn a training checkpoint into the model zoo's artefacts: a weights-only tarball, its SHA-256, a model card.
+
+    from cv.detection.publish import publish
+    publish("output/ssd300_vgg16/checkpoint_epoch0119", "release/")   # or: scripts/publish.py CHECKPOINT -o DIR
+
+A training checkpoint is for resuming: besides the weights it holds optimizer state (SGD momentum doubles its
+size), RNG states and the arguments, possibly on a GPU. What the zoo serves is only the weights, on the CPU, in
+the layout flowvision's ``load_state_dict_from_url`` reads: a gzip tar of ONE directory written by
+``flow.save(state_dict, dir)``, named like the tarball (flowvision extracts it into its cache and loads
+``members[0]``). Written into ``output_dir`` (``<name>`` defaults to ``ssd300_vgg16``):
+
+    <name>.tar.gz          <name>/ = flow.save(model state dict): 71 tensors, nothing else
+    <name>.tar.gz.sha256   "<hex digest>  <name>.tar.gz\\n" (``sha256sum -c`` checks it)
+    <name>.json            the model card, for programs (architecture, classes, parameter count, evaluation,
+    <name>.md              training arguments, source commit, date, digest, usage); the same for people
+
+The tarball is reproducible (same checkpoint -> same bytes, so its digest identifies the weights, not the
+moment of publishing): members sorted, mtime 0, uid/gid 0 without names, fixed modes, gzip header without name or
+time, and tensor directories named by position rather than by OneFlow's process-wide counter (see
+:func:`_save_state_dict`). Everything is written under temporary names and renamed into place; see
+:func:`publish` for what an interrupted run leaves.
+"""
+import datetime
+import glob
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections import OrderedDict
+
+import oneflow as flow
+
+from cv.detection import checkpoint as ckpt
+from cv.detection.hub import file_sha256
+from cv.detection.coco_eval import STAT_NAMES
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ARCH = "ssd300_vgg16"
+# Always present in an SSD300-VGG16 state dict; its output channels are (default boxes per cell on the 38x38
+# map, 4) x num_classes, which is how num_classes is read off a bare state dict.
+PAPER = "https://arxiv.org/abs/1512.02325"
+BACKBONE_PAPER = "https://arxiv.org/abs/1409.1556"
+STAT_LABELS = {
+    "AP": "AP @ IoU 0.50:0.95", "AP50": "AP @ IoU 0.50", "AP75": "AP @ IoU 0.75",
+    "APs": "AP small", "APm": "AP medium", "APl": "AP large",
+    "AR1": "AR, 1 detection", "AR10": "AR, 10 detections", "AR100": "AR, 100 detections",
+    "ARs": "AR small", "ARm": "AR medium", "ARl": "AR large",
+}
+
+
+class PublishError(ValueError):
+    """The input cannot be published (the message names the path and says why)."""
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+
+def read_checkpoint(path):
+    """``(state_dict, payload_or_None)`` of a checkpoint of ours (``payload["model"]``) or a bare state dict.
+
+    Raises FileNotFoundError if ``path`` does not exist, PublishError if it is not something we can publish;
+    both name the path."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: the path does not exist")
+    if not os.path.isdir(path):
+        raise PublishError(f"{path} is a file; a checkpoint is a directory written by flow.save "
+                           f"(e.g. output/ssd300_vgg16/checkpoint_epoch0119)")
+    if os.path.exists(os.path.join(path, ckpt.INDEX)):
+        # A training output directory: which of its checkpoints to publish is the user's choice, not ours.
+        index = ckpt.read_index(path)
+        hint = ", ".join(f"{k}: {os.path.join(path, index[k])}" for k in ("best", "latest") if index.get(k))
+        raise PublishError(f"{path} is a training output directory, not a checkpoint; pass one of its "
+                           f"checkpoints ({hint or 'checkpoint_epochNNNN/'})")
+    try:
+        payload = ckpt.load_checkpoint(path)
+    except ValueError as e:
+        raise PublishError(str(e)) from e
+    state = ckpt.model_state(payload)
+    if not isinstance(state, dict) or not all(isinstance(v, flow.Tensor) for v in state.values()):
+        raise PublishError(f"{path} holds neither a checkpoint with a 'model' state dict nor a bare state dict "
+                           f"(found {type(state).__name__})")
+    return state, (payload if state is not payload else None)
+
+
+def check_state_dict(state, path):
+    """``(num_classes, model_key_order)`` of the SSD300-VGG16 state dict ``state``, after loading it strictly into
+    that model; PublishError naming ``path`` if it is not one."""
+    from cv.detection.ssd300_vgg16.model import from_state_dict
+
+    try:
+        model = from_state_dict(state, path)
+    except ValueError as e:
+        raise PublishError(str(e)) from e
+    return model.num_classes, list(model.state_dict())
+
+
+# ----------------------------------------------------------------------------------------------------- writing
+
+class _PositionalNames:
+    """Stands in for ``oneflow.framework.id_util`` inside ``flow.save``: tensor directories named
+    tensor_0000, tensor_0001, ... in the order the state dict is pickled."""
+
+    def __init__(self):
+        self.count = 0
+
+    def UniqueStr(self, prefix):  # noqa: N802 (OneFlow's name)
+        name = f"{prefix}{self.count:04d}"
+        self.count += 1
+        return name
+
+
+def _save_state_dict(state, directory):
+    """``flow.save(state, directory)``, with reproducible file names.
+
+    OneFlow 0.9 names each tensor's directory from a process-wide counter (``tensor_<n>``), so the same state
+    dict saved twice, or after anything else was saved, gives different names and so a different tarball. We
+    substitute the counter for the duration of the save; the result is still exactly ``flow.save``'s format
+    (``flow.load`` and flowvision read it; the test checks both). If a future OneFlow saves differently, this
+    falls back to a plain ``flow.save``: still correct, only no longer reproducible."""
+    from oneflow.framework import check_point_v2
+
+    original = getattr(check_point_v2, "id_util", None)
+    if original is None or not hasattr(original, "UniqueStr"):
+        flow.save(state, directory)
+        return
+    check_point_v2.id_util = _PositionalNames()
+    try:
+        flow.save(state, directory)
+    finally:
+        check_point_v2.id_util = original
+
+
+def _write_tarball(directory, arcname, tar_path):
+    """A reproducible ``tar.gz`` of ``directory`` as ``arcname/``: members sorted (so ``arcname`` itself comes
+    first, which flowvision relies on), every timestamp 0, owner 0:0 without names, modes 755/644."""
+    entries = []
+    for root, dirs, files in os.walk(directory):
+        rel = os.path.relpath(root, directory)
+        top = arcname if rel == "." else f"{arcname}/{rel.replace(os.sep, '/')}"
+        entries.append((top, None))
+        entries += [(f"{top}/{f}", os.path.join(root, f)) for f in files]
+    with open(tar_path, "wb") as raw:
+        # filename="" and mtime=0 keep the temporary name and the time out of the gzip header.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for name, source in sorted(entries):
+                    info = tarfile.TarInfo(name)
+                    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                    if source is None:
+                        info.type, info.mode = tarfile.DIRTYPE, 0o755
+                        tar.addfile(info)
+                    else:
+                        info.mode, info.size = 0o644, os.path.getsize(source)
+                        with open(source, "rb") as f:
+                            tar.addfile(info, f)
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+def _write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def source_commit(repo=REPO):
+    """``git rev-parse HEAD`` of ``repo``, with ``-dirty`` if ``git status --porcelain`` lists anything;
+    ``"unknown"`` without git or outside a repository."""
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", repo, *a], capture_output=True, text=True, timeout=30)  # noqa
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        status = run("status", "--porcelain")
+        dirty = status.returncode != 0 or bool(status.stdout.strip())
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------- the card
+
+def _jsonable(value):
+    """Training arguments and meta as JSON: tuples as lists, dict keys as strings, anything else by repr."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def build_card(name, checkpoint, state, payload, num_classes, tarball, sha256, size, commit, published):
+    """The model card as a JSON-able dict. Whatever the checkpoint does not record is None and listed in
+    ``unknown`` (a bare state dict records only the weights)."""
+    payload = payload or {}
+    meta = payload.get("meta") or {}
+    stats = meta.get("stats")
+    unknown = []
+    if meta.get("label_names") is None:
+        unknown.append("label_names")
+    if stats is None:
+        unknown.append("evaluation")
+    if payload.get("args") is None:
+        unknown.append("training")
+    evaluation = None
+    if stats is not None:
+        evaluation = {"dataset": meta.get("dataset"), "epoch": payload.get("epoch"),
+                      "metric": "COCO bbox (pycocotools COCOeval), fractions in 0..1",
+                      "box_ap": round(100 * stats["AP"], 1) if "AP" in stats else None,
+                      "stats": {k: stats[k] for k in STAT_NAMES if k in stats}}
+    training = None
+    if payload.get("args") is not None or "epoch" in payload:
+        training = {"epochs_done": None if payload.get("epoch") is None else payload["epoch"] + 1,
+                    "last_epoch": payload.get("epoch"), "iteration": payload.get("iteration"),
+                    "args": _jsonable(payload.get("args"))}
+    return {
+        "name": name,
+        "architecture": {
+            "name": "SSD300", "backbone": "VGG16", "input_size": [300, 300],
+            "paper": PAPER, "backbone_paper": BACKBONE_PAPER,
+            "builder": "cv.detection.ssd300_vgg16.ssd300_vgg16",
+            "flowvision_builder": "flowvision.models.detection.ssd300_vgg16",
+        },
+        "num_classes": num_classes,
+        "label_names": _jsonable(meta.get("label_names")),
+        "label_to_category_id": _jsonable(meta.get("label_to_category_id")),
+        "parameters": sum(int(t.numel()) for t in state.values()),
+        "tensors": len(state),
+        "evaluation": evaluation,
+        "training": training,
+        "source": {"checkpoint": os.path.abspath(checkpoint), "kind": "training checkpoint" if payload
+                   else "bare state dict", "commit": commit},
+        "published": published,
+        "artifact": {"file": os.path.basename(tarball), "sha256": sha256, "bytes": size,
+                     "format": f"gzip tar of one directory {name}/ written by flow.save(state_dict)"},
+        "usage": {
+            "infer": f"bash cv/detection/ssd300_vgg16/infer.sh --weights <url or path of {name}.tar.gz>",
+            "evaluate": f"tar xzf {name}.tar.gz && bash cv/detection/ssd300_vgg16/train.sh --test-only "
+                        f"--weights {name}/ --data-path <dataset>",
+            "python": (f"state = flowvision.models.utils.load_state_dict_from_url('<url or file://path of "
+                       f"{name}.tar.gz>'); ssd300_vgg16(num_classes={num_classes}).load_state_dict(state)"),
+        },
+        "unknown": unknown,
+    }
+
+
+def _fmt_bytes(n):
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n} bytes"
+
+
+def render_markdown(card):
+    """The card for people: what the model is, how good, where from, how to use it."""
+    name, art, src = card["name"], card["artifact"], card["source"]
+    labels = card["label_names"]
+    classes = f"{card['num_classes']} (including background)"
+    if labels:
+        classes += ": " + ", ".join(str(n) for n in labels[1:] if n != "N/A")
+    else:
+        classes += "; label names unknown (bare state dict)"
+    ev, tr = card["evaluation"], card["training"]
+    lines = [
+        f"# {name}",
+        "",
+        f"SSD300 object detector with a VGG16 trunk ([Liu et al., ECCV 2016]({card['architecture']['paper']})), "
+        f"for OneFlow. Published {card['published']}.",
+        "",
+        "| | |",
+        "|---|---|",
+        "| Architecture | SSD300 (300×300 input), VGG16 trunk ([Simonyan & Zisserman]"
+        f"({card['architecture']['backbone_paper']})) |",
+        f"| Classes | {classes} |",
+        f"| Parameters | {card['parameters']:,} in {card['tensors']} tensors |",
+        f"| Box AP | {ev['box_ap'] if ev and ev['box_ap'] is not None else 'unknown'}"
+        + (f" ({ev['dataset']}, after epoch {ev['epoch']})" if ev else "") + " |",
+        f"| Weights | `{art['file']}`, {_fmt_bytes(art['bytes'])} |",
+        f"| SHA-256 | `{art['sha256']}` |",
+        f"| Source | `{src['checkpoint']}` ({src['kind']}), commit `{src['commit']}` |",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if ev:
+        lines += [f"COCO box metrics on `{ev['dataset']}`, evaluated after epoch {ev['epoch']} (in %):", "",
+                  "| Metric | Value |", "|---|---:|"]
+        lines += [f"| {STAT_LABELS.get(k, k)} | {100 * v:.1f} |" for k, v in ev["stats"].items()]
+    else:
+        lines.append("Unknown: the checkpoint records no evaluation"
+                     + (" (a bare state dict holds only the weights)." if src["kind"] == "bare state dict"
+                        else " at this epoch (it was not an evaluation epoch)."))
+    lines += ["", "## Training", ""]
+    if tr:
+        done = "unknown" if tr["epochs_done"] is None else tr["epochs_done"]
+        lines += [f"Epochs completed: {done}; iterations: {tr['iteration']}. Arguments:", "", "```json",
+                  json.dumps(tr["args"], indent=1, sort_keys=True), "```"]
+    else:
+        lines.append("Unknown: a bare state dict records no training arguments.")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"sha256sum -c {art['file']}.sha256                  # check the download",
+        f"bash cv/detection/ssd300_vgg16/infer.sh --weights <url or path of {art['file']}>",
+        f"tar xzf {art['file']} && bash cv/detection/ssd300_vgg16/train.sh --test-only --weights {name}/ "
+        "--data-path <dataset>",
+        "```",
+        "",
+        "```python",
+        "from flowvision.models.utils import load_state_dict_from_url",
+        "from cv.detection.ssd300_vgg16 import ssd300_vgg16  # or flowvision.models.detection.ssd300_vgg16",
+        "",
+        f"state = load_state_dict_from_url(\"<url, or file:///abs/path/{art['file']}>\")",
+        f"model = ssd300_vgg16(num_classes={card['num_classes']})",
+        "model.load_state_dict(state)",
+        "```",
+        "",
+        f"flowvision caches by file name: if its cache (`$FLOWVISION_CACHE`, default `~/.oneflow/flowvision_cache`)"
+        f" already holds a `{name}/` directory, for example the zoo's COCO weights, `load_state_dict_from_url` "
+        "returns that without downloading; pass `model_dir=` a directory of its own for these weights.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------- publish
+
+def publish(checkpoint, output_dir, name=ARCH):
+    """Publish the SSD300-VGG16 weights in ``checkpoint`` into ``output_dir`` (created if needed).
+
+    ``checkpoint`` is a checkpoint directory of ``train.py`` (its ``model`` is published, its ``meta``, ``args``
+    and ``epoch`` fill the card) or a bare state-dict directory (the card lists what is unknown). The state dict
+    must load strictly into ``ssd300_vgg16(num_classes)``, ``num_classes`` read off the classification head.
+
+    Returns the card (a dict), plus ``"paths"``: the four files written. Raises FileNotFoundError for a missing
+    path, PublishError (a ValueError) for anything that is not an SSD300-VGG16 checkpoint; both name the path.
+
+    Every file is written under a temporary name (``.<name>...tmp-<pid>``, removed on failure and by the next
+    run) and renamed into place, so no final name ever holds a partial file. The old ``.sha256`` and cards are
+    removed before the new tarball is renamed in, so an interrupted run may leave a tarball without its digest,
+    never beside a digest or card that describes other weights.
+    """
+    if not name or "." in name or "/" in name or os.sep in name:
+        # flowvision derives the extracted directory's name from the file name up to its first dot.
+        raise ValueError(f"--name must be a plain name without dots or slashes, got {name!r}")
+    state, payload = read_checkpoint(checkpoint)
+    num_classes, key_order = check_state_dict(state, checkpoint)
+    # Weights only, on the CPU, in the model's own key order; no optimizer, RNG, or arguments travel along.
+    state = OrderedDict((k, state[k].detach().to("cpu").contiguous()) for k in key_order)
+
+    os.makedirs(output_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(output_dir, f".{name}.*tmp-*")):  # leftovers of an interrupted run
+        if os.path.isdir(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.remove(stale)
+    final = {"tarball": f"{name}.tar.gz", "sha256": f"{name}.tar.gz.sha256", "card_json": f"{name}.json",
+             "card_md": f"{name}.md"}
+    final = {k: os.path.join(output_dir, v) for k, v in final.items()}
+    tmp = {k: os.path.join(output_dir, f".{os.path.basename(v)}.tmp-{os.getpid()}") for k, v in final.items()}
+    weights_dir = os.path.join(output_dir, f".{name}.tmp-{os.getpid()}")
+    try:
+        _save_state_dict(state, weights_dir)
+        _write_tarball(weights_dir, name, tmp["tarball"])
+        shutil.rmtree(weights_dir)
+        sha256, size = file_sha256(tmp["tarball"]), os.path.getsize(tmp["tarball"])
+        _write_text(tmp["sha256"], f"{sha256}  {os.path.basename(final['tarball'])}\n")
+        published = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+        card = build_card(name, checkpoint, state, payload, num_classes, final["tarball"], sha256, size,
+                          source_commit(), published)
+        _write_text(tmp["card_json"], json.dumps(card, indent=1) + "\n")
+        _write_text(tmp["card_md"], render_markdown(card))
+        for key in ("sha256", "card_json", "card_md"):
+            if os.path.exists(final[key]):
+                os.remove(final[key])
+        for key in ("tarball", "sha256", "card_json", "card_md"):
+            os.replace(tmp[key], final[key])
+    finally:
+        shutil.rmtree(weights_dir, ignore_errors=True)
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+    return dict(card, paths=final)

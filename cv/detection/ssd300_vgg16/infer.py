@@ -1,0 +1,237 @@
+"""Run SSD300-VGG16 on images, or evaluate it on a COCO-format val split.
+
+    cd cv/detection && bash ssd300_vgg16/infer.sh [--images PATH ...] [--weights SRC | --pretrained] [flags]
+
+Images: for each image, the detections as JSON (boxes in pixels, score, label id and name, image size) and a copy
+with the boxes drawn, plus one summary line on the console. ``--coco-eval`` instead prints the COCO AP table of a
+val split. With no arguments: the sample dataset's val images and the newest checkpoint ``train.sh`` wrote.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+import warnings
+
+import oneflow as flow
+from PIL import Image, ImageDraw
+
+from cv.detection import checkpoint as ckpt
+from cv.detection import hub
+from cv.detection.coco import COCO_CATEGORIES, COCO_NUM_CLASSES, CocoDetection, load_rgb, make_loader
+from cv.detection.coco_eval import CocoEvaluator
+from cv.detection.engine import evaluate
+from cv.detection.ssd300_vgg16.model import WEIGHTS, from_state_dict
+from cv.detection.ssd300_vgg16.train import DEFAULT_OUTPUT, SAMPLE_DATA
+from cv.detection.transforms import to_chw_float
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+# Where --pretrained downloads from; point it at a mirror or a local copy (file:///path/ssd300_vgg16.tar.gz).
+PRETRAINED_URL_ENV = "SSD300_VGG16_URL"
+DEFAULT_INFER_OUTPUT = os.path.join(DEFAULT_OUTPUT, "inference")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    w = p.add_argument_group("weights (default: the newest checkpoint of train.sh)")
+    w.add_argument("--weights", help="a training checkpoint directory, a zoo tarball (path or http(s)/file URL), or "
+                                     "an extracted zoo directory")
+    w.add_argument("--pretrained", action="store_true",
+                   help=f"the published COCO weights (box AP 25.1) from the model zoo; ${PRETRAINED_URL_ENV} "
+                        "overrides the address (a mirror, or file:///path/to/ssd300_vgg16.tar.gz)")
+    w.add_argument("--sha256", help="expected SHA-256 of the tarball (default: the .sha256 published beside it)")
+    m = p.add_argument_group("what to run on")
+    m.add_argument("--images", nargs="+", help="image files, folders and glob patterns "
+                                               "(default: the sample dataset's val images)")
+    m.add_argument("--coco-eval", action="store_true", help="evaluate on the val split of --data-path instead")
+    m.add_argument("--data-path", help="COCO-format dataset root for --coco-eval (default: the sample dataset)")
+    m.add_argument("--max-images", type=int, help="--coco-eval: only the first N val images")
+    o = p.add_argument_group("output")
+    o.add_argument("--score-threshold", type=float, default=0.3,
+                   help="detections below this score are not reported (default 0.3; --coco-eval keeps the "
+                        "model's 0.01, as COCO's AP needs the low-score tail)")
+    o.add_argument("--output-dir", default=DEFAULT_INFER_OUTPUT, help=f"default {DEFAULT_INFER_OUTPUT}")
+    o.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    o.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    o.add_argument("--workers", type=int, default=2, help="--coco-eval: data loading processes (default 2)")
+    return p
+
+
+def weights_source(args):
+    """``(source, description)``: what to load, and a sentence for the user. Exits with advice when there is
+    nothing to load."""
+    if args.weights and args.pretrained:
+        raise SystemExit("error: give --weights or --pretrained, not both")
+    if args.pretrained:
+        url = os.environ.get(PRETRAINED_URL_ENV, WEIGHTS["coco"]["url"])
+        return url, f"the published COCO weights ({url})"
+    if args.weights:
+        return args.weights, args.weights
+    latest = ckpt.latest_checkpoint(DEFAULT_OUTPUT)
+    if latest is None:
+        raise SystemExit(f"error: no weights given and no checkpoint of train.sh in {DEFAULT_OUTPUT}. Train one "
+                         "(cd cv/detection && bash ssd300_vgg16/train.sh), or pass --weights PATH_OR_URL, or "
+                         "--pretrained for the published COCO weights.")
+    return latest, f"the newest checkpoint of train.sh ({latest})"
+
+
+def load_model(source, sha256=None, device="cpu"):
+    """``(model in eval mode, label_names, meta)`` from a checkpoint directory, a zoo directory, or a tarball
+    path/URL. ``meta`` is the training metadata of our checkpoints (None for bare weights)."""
+    if os.path.isdir(source):
+        payload = ckpt.load_checkpoint(source)
+    elif os.path.isfile(source) or "://" in source:
+        payload = ckpt.load_checkpoint(hub.resolve_weights(source, sha256=sha256))
+    else:
+        raise SystemExit(f"error: --weights {source}: no such file or directory")
+    state = ckpt.model_state(payload)
+    meta = payload.get("meta") if isinstance(payload, dict) and "model" in payload else None
+    try:
+        model = from_state_dict(state, source)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    num_classes = model.num_classes
+    if meta and meta.get("label_names"):
+        names = list(meta["label_names"])
+    elif num_classes == COCO_NUM_CLASSES:
+        names = ["__background__"] + [COCO_CATEGORIES.get(i, "N/A") for i in range(1, COCO_NUM_CLASSES)]
+    else:
+        names = ["__background__"] + [f"class {i}" for i in range(1, num_classes)]
+    return model.to(device).eval(), names, meta
+
+
+def collect_images(patterns):
+    """Image paths from files, folders (their images, sorted) and glob patterns, in the order given."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif any(c in pattern for c in "*?["):
+            found = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        elif os.path.isfile(pattern):
+            found = [pattern]
+        else:
+            raise SystemExit(f"error: --images {pattern}: no such file or directory")
+        if not found:
+            raise SystemExit(f"error: --images {pattern}: no images there")
+        paths += [p for p in found if p not in paths]
+    return paths
+
+
+def colour(label):
+    """A stable, distinct colour per label (golden-angle hue steps)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(image, detections):
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    for d in detections:
+        x1, y1, x2, y2 = d["box"]
+        c = colour(d["label"])
+        draw.rectangle([x1, y1, x2, y2], outline=c, width=max(2, round(min(image.size) / 200)))
+        text = f"{d['name']} {d['score']:.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), text)
+        ty = y1 - (bottom - top) - 4 if y1 - (bottom - top) - 4 >= 0 else y1
+        draw.rectangle([x1, ty, x1 + right - left + 4, ty + bottom - top + 4], fill=c)
+        draw.text((x1 + 2, ty + 1), text, fill=(0, 0, 0))
+    return image
+
+
+def output_names(paths):
+    """A distinct output stem per input path (``a.jpg`` and ``b/a.jpg`` become ``a`` and ``a_1``)."""
+    used, names = set(), []
+    for p in paths:
+        stem = os.path.splitext(os.path.basename(p))[0]
+        name, k = stem, 0
+        while name in used:
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+@flow.no_grad()
+def run_on_images(model, names, paths, args, device):
+    """Detect, write ``<name>.json`` and ``<name>.jpg`` per image, print a line each; returns the results.
+    An unreadable image is skipped with a message naming it (the others still run) and counted."""
+    os.makedirs(args.output_dir, exist_ok=True)
+    results, skipped = [], 0
+    stems = output_names(paths)
+    for start in range(0, len(paths), args.batch_size):
+        batch = []
+        for path, stem in zip(paths[start:start + args.batch_size], stems[start:start + args.batch_size]):
+            try:
+                batch.append((path, stem, load_rgb(path)))
+            except (OSError, ValueError, SyntaxError) as e:
+                skipped += 1
+                print(f"{path}: skipped, cannot be read: {e}", flush=True)
+        if not batch:
+            continue
+        outputs = model([flow.tensor(to_chw_float(img), device=device) for _, _, img in batch])
+        for (path, stem, img), out in zip(batch, outputs):
+            keep = out["scores"] >= args.score_threshold
+            dets = [{"box": [round(float(v), 2) for v in box], "score": round(float(s), 4), "label": int(lab),
+                     "name": names[int(lab)] if int(lab) < len(names) else str(int(lab))}
+                    for box, s, lab in zip(out["boxes"][keep].numpy(), out["scores"][keep].numpy(),
+                                           out["labels"][keep].numpy())]
+            record = {"image": os.path.abspath(path), "width": img.size[0], "height": img.size[1],
+                      "score_threshold": args.score_threshold, "detections": dets}
+            with open(os.path.join(args.output_dir, stem + ".json"), "w") as f:
+                json.dump(record, f, indent=1)
+            draw_detections(img, dets).save(os.path.join(args.output_dir, stem + ".jpg"), quality=92)
+            summary = ", ".join(f"{d['name']} {d['score']:.2f}" for d in dets[:5]) + (" ..." if len(dets) > 5 else "")
+            print(f"{path}: {len(dets)} detection{'s' * (len(dets) != 1)}" + (f" ({summary})" if dets else ""),
+                  flush=True)
+            results.append(record)
+    if skipped:
+        print(f"{skipped} of {len(paths)} images could not be read and were skipped", flush=True)
+    return results
+
+
+def main(args):
+    device = flow.device(args.device or ("cuda" if flow.cuda.is_available() else "cpu"))
+    source, description = weights_source(args)
+    model, names, meta = load_model(source, args.sha256, device)
+    print(f"weights: {description}; {len(names) - 1} classes; device {device}", flush=True)
+
+    if args.coco_eval:
+        data_path = args.data_path or SAMPLE_DATA
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dropped-box counts are the training program's concern
+            labels = "coco" if len(names) == COCO_NUM_CLASSES and not meta else "auto"
+            val_set = CocoDetection(data_path, "val", train=False, labels=labels, max_images=args.max_images)
+        trained_on = {int(k): v for k, v in meta["label_to_category_id"].items()} if meta else None
+        if val_set.num_classes != len(names) or (trained_on and trained_on != val_set.label_to_category_id):
+            raise SystemExit(f"error: the model's {len(names) - 1} classes do not match the "
+                             f"{val_set.num_classes - 1} categories of {val_set.annotation_file}")
+        print(f"evaluating on {len(val_set)} images of {val_set.annotation_file}", flush=True)
+        os.makedirs(args.output_dir, exist_ok=True)
+        return evaluate(model, make_loader(val_set, args.batch_size, args.workers, shuffle=False),
+                        CocoEvaluator(val_set.coco(), val_set.label_to_category_id), device,
+                        os.path.join(args.output_dir, "detections_val.json"))
+
+    if args.images is None:
+        if not os.path.isdir(os.path.join(SAMPLE_DATA, "val2017")):
+            from cv.detection.sample_dataset import make_sample_dataset
+
+            make_sample_dataset(SAMPLE_DATA)
+        args.images = [os.path.join(SAMPLE_DATA, "val2017")]
+        print(f"images: the sample dataset's val images ({args.images[0]})", flush=True)
+    paths = collect_images(args.images)
+    start = time.perf_counter()
+    results = run_on_images(model, names, paths, args, device)
+    print(f"{len(results)} images in {time.perf_counter() - start:.1f} s; detections and pictures in "
+          f"{os.path.abspath(args.output_dir)}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
+    sys.exit(0)

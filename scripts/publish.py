@@ -1,0 +1,47 @@
+"""Publish a training checkpoint as the model zoo's artefacts (see :mod:`cv.detection.publish`).
+
+    .venv/bin/python scripts/publish.py CHECKPOINT --output-dir DIR [--name ssd300_vgg16]
+
+CHECKPOINT is a checkpoint directory written by train.py (e.g. output/ssd300_vgg16/checkpoint_epoch0119) or a
+bare state-dict directory. Writes DIR/NAME.tar.gz (weights only, reproducible), NAME.tar.gz.sha256 and the
+model card NAME.json / NAME.md, then prints where they are. Works from any directory.
+"""
+import argparse
+import os
+import sys
+import time
+
+# Make `cv` importable when the script is run by path from anywhere (it lives in <repo>/scripts/).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cv.detection.publish import ARCH, PublishError, publish  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="checkpoint directory (train.py's) or bare state-dict directory")
+    parser.add_argument("-o", "--output-dir", required=True, help="where to write the artefacts (created)")
+    parser.add_argument("--name", default=ARCH, help=f"artefact and top-level directory name (default {ARCH})")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    try:
+        card = publish(args.checkpoint, args.output_dir, name=args.name)
+    except (FileNotFoundError, PublishError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    paths, art, ev = card["paths"], card["artifact"], card["evaluation"]
+    print(f"published {os.path.abspath(args.checkpoint)} in {time.perf_counter() - start:.1f} s:")
+    print(f"  weights  {os.path.abspath(paths['tarball'])} ({art['bytes']:,} bytes, {card['parameters']:,} "
+          f"parameters, {card['num_classes']} classes)")
+    print(f"  sha256   {os.path.abspath(paths['sha256'])} ({art['sha256']})")
+    print(f"  card     {os.path.abspath(paths['card_md'])}, {os.path.abspath(paths['card_json'])}")
+    print(f"  box AP   {ev['box_ap']} on {ev['dataset']} (epoch {ev['epoch']})" if ev else
+          "  box AP   unknown (the checkpoint records no evaluation)")
+    if card["unknown"]:
+        print(f"  unknown  {', '.join(card['unknown'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

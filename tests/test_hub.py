@@ -1,0 +1,523 @@
+"""cv.detection.hub: download, cache, verify and safely extract zoo tarballs.
+
+Everything runs against a local HTTP server on 127.0.0.1 (or file:// URLs) and a cache under tmp_path; the real
+home cache and any other address are never touched.
+"""
+import hashlib
+import http.server
+import io
+import os
+import socket
+import tarfile
+import threading
+import urllib.request
+
+import pytest
+
+from cv.detection import hub
+
+NAME = "ssd300_vgg16"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fixtures
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Cache in tmp_path; no proxy, so requests for 127.0.0.1 go straight to the test server."""
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FLOWVISION_CACHE", str(cache))
+    return cache
+
+
+def make_weights_tarball(folder, top=NAME, value=1.0):
+    """``folder/<top>.tar.gz`` holding ``<top>/`` as written by flow.save; returns (path, sha256)."""
+    import oneflow as flow
+
+    src = folder / "src"
+    src.mkdir(exist_ok=True)
+    flow.save({"w": flow.ones(3) * value}, str(src / top))
+    path = folder / f"{NAME}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src / top, arcname=top)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Server:
+    """A ThreadingHTTPServer on 127.0.0.1 serving ``root``, with a few misbehaving paths for error cases."""
+
+    def __init__(self, root):
+        self.root, self.requests = root, []
+        self.release = threading.Event()  # frees handlers that hang
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append(self.path)
+                body = b"x" * 1000
+                if self.path.startswith("/truncated/"):
+                    # Announce more than is sent, then close: what a dropped connection looks like.
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body) + 5000))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    self.close_connection = True
+                elif self.path.startswith("/chunked-broken/"):
+                    # Chunked transfer that stops without the final 0-length chunk.
+                    self.protocol_version = "HTTP/1.1"
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))
+                    self.wfile.write(b"%x\r\nabc" % 1000)  # a chunk cut short
+                    self.close_connection = True
+                elif self.path.startswith("/hang/"):
+                    server.release.wait(10)
+                elif self.path.startswith("/error500/"):
+                    self.send_error(500, "boom")
+                else:
+                    super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def stop(self):
+        if self.thread is not None:
+            self.release.set()
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread = None
+
+
+@pytest.fixture
+def served(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = Server(root)
+    yield server
+    server.stop()
+
+
+def free_port():
+    """A port nobody listens on (bound then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listing(path):
+    """Everything under ``path``, relative, sorted (empty if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    for root, dirs, files in os.walk(path):
+        for n in dirs + files:
+            out.append(os.path.relpath(os.path.join(root, n), path))
+    return sorted(out)
+
+
+def add_member(tar, name, type=tarfile.REGTYPE, data=b"", **attrs):
+    info = tarfile.TarInfo(name)
+    info.type = type
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    if type == tarfile.REGTYPE:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    else:
+        tar.addfile(info)
+
+
+def crafted_tarball(path, members):
+    """A tar.gz of ``members``: (name, type, data, attrs) tuples."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, type, data, attrs in members:
+            add_member(tar, name, type, data, **attrs)
+    return path
+
+
+DIR = tarfile.DIRTYPE
+REG = tarfile.REGTYPE
+OK_MEMBERS = [(f"{NAME}", DIR, b"", {}), (f"{NAME}/pickled_data", REG, b"data", {})]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cache_dir
+
+def test_cache_dir_honours_env_and_creates_it(isolated, monkeypatch, tmp_path):
+    assert not isolated.exists()
+    assert hub.cache_dir() == str(isolated)
+    assert isolated.is_dir()
+    monkeypatch.delenv("FLOWVISION_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert hub.cache_dir() == str(tmp_path / "home" / ".oneflow" / "flowvision_cache")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resolve_weights over HTTP: layout, cache reuse, checksums
+
+def test_download_extract_load_then_offline_from_cache(served, isolated, capsys):
+    import oneflow as flow
+
+    _, sha = make_weights_tarball(served.root)
+    url = served.url(f"{NAME}.tar.gz")
+    path = hub.resolve_weights(url, progress=False)
+    assert path == str(isolated / NAME)
+    assert sorted(os.listdir(isolated)) == [NAME, f"{NAME}.tar.gz"]  # no .part or staging leftovers
+    assert hashlib.sha256((isolated / f"{NAME}.tar.gz").read_bytes()).hexdigest() == sha
+    assert flow.load(path)["w"].numpy().tolist() == [1.0, 1.0, 1.0]
+    assert "downloaded" in capsys.readouterr().out
+    assert served.requests == [f"/{NAME}.tar.gz.sha256", f"/{NAME}.tar.gz"]
+
+    served.stop()  # a second call must not need the network
+    assert hub.resolve_weights(url, progress=False) == path
+    assert "found in cache" in capsys.readouterr().out
+    assert len(served.requests) == 2
+
+
+def test_flowvision_loader_finds_our_extraction(served, isolated):
+    from flowvision.models.utils import load_state_dict_from_url
+
+    make_weights_tarball(served.root)
+    url = served.url(f"{NAME}.tar.gz")
+    hub.resolve_weights(url, progress=False)
+    served.stop()
+    state = load_state_dict_from_url(url, model_dir=str(isolated))
+    assert state["w"].numpy().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_uses_flowvision_extraction_without_network(isolated):
+    import oneflow as flow
+
+    isolated.mkdir()
+    flow.save({"w": flow.zeros(2)}, str(isolated / NAME))  # as flowvision leaves it (tarball deleted)
+    url = f"http://127.0.0.1:{free_port()}/{NAME}.tar.gz"  # nobody listens
+    assert hub.resolve_weights(url, progress=False) == str(isolated / NAME)
+
+
+def test_published_sha256_is_verified(served, isolated):
+    _, sha = make_weights_tarball(served.root)
+    (served.root / f"{NAME}.tar.gz.sha256").write_text(f"{sha}  {NAME}.tar.gz\n")
+    url = served.url(f"{NAME}.tar.gz")
+    assert hub.known_sha256(url) == sha
+    assert hub.resolve_weights(url, progress=False) == str(isolated / NAME)
+
+
+def test_wrong_published_sha256_fails_and_leaves_nothing(served, isolated):
+    make_weights_tarball(served.root)
+    (served.root / f"{NAME}.tar.gz.sha256").write_text("0" * 64 + f"  {NAME}.tar.gz\n")
+    url = served.url(f"{NAME}.tar.gz")
+    with pytest.raises(hub.DownloadError) as e:
+        hub.resolve_weights(url, progress=False)
+    msg = str(e.value)
+    assert url in msg and "checksum" in msg and "0" * 64 in msg
+    assert str(isolated / f"{NAME}.tar.gz") in msg and str(isolated / NAME) in msg  # how to place it by hand
+    assert listing(isolated) == []
+
+
+def test_wrong_given_sha256_fails_and_leaves_nothing(served, isolated):
+    _, sha = make_weights_tarball(served.root)
+    url = served.url(f"{NAME}.tar.gz")
+    wrong = "f" * 64
+    with pytest.raises(hub.DownloadError, match="checksum") as e:
+        hub.resolve_weights(url, sha256=wrong, progress=False)
+    assert url in str(e.value) and sha in str(e.value) and wrong in str(e.value)
+    assert listing(isolated) == []
+    assert f"/{NAME}.tar.gz.sha256" not in served.requests  # the caller's checksum wins
+
+
+def test_given_sha256_accepted_and_validated(served, isolated):
+    _, sha = make_weights_tarball(served.root)
+    url = served.url(f"{NAME}.tar.gz")
+    assert hub.resolve_weights(url, sha256=sha.upper(), progress=False) == str(isolated / NAME)
+    with pytest.raises(ValueError, match="SHA-256"):
+        hub.known_sha256(url, "not-a-digest")
+
+
+def test_stale_cached_tarball_is_downloaded_again(served, isolated):
+    import oneflow as flow
+
+    _, sha = make_weights_tarball(served.root, value=2.0)
+    isolated.mkdir()
+    (isolated / f"{NAME}.tar.gz").write_bytes(b"an older or broken download")
+    path = hub.resolve_weights(served.url(f"{NAME}.tar.gz"), sha256=sha, progress=False)
+    assert served.requests == [f"/{NAME}.tar.gz"]
+    assert flow.load(path)["w"].numpy().tolist() == [2.0, 2.0, 2.0]
+    assert hashlib.sha256((isolated / f"{NAME}.tar.gz").read_bytes()).hexdigest() == sha
+
+
+def test_cached_tarball_checked_against_published_sha256(served, isolated):
+    import oneflow as flow
+
+    # A cached tarball (not yet extracted) whose checksum differs from the published one is replaced.
+    make_weights_tarball(served.root / "..", value=3.0)  # the stale one, built elsewhere
+    isolated.mkdir()
+    os.replace(served.root.parent / f"{NAME}.tar.gz", isolated / f"{NAME}.tar.gz")
+    _, sha = make_weights_tarball(served.root, value=4.0)
+    (served.root / f"{NAME}.tar.gz.sha256").write_text(sha + "\n")
+    path = hub.resolve_weights(served.url(f"{NAME}.tar.gz"), progress=False)
+    assert flow.load(path)["w"].numpy().tolist() == [4.0, 4.0, 4.0]
+    assert served.requests == [f"/{NAME}.tar.gz.sha256", f"/{NAME}.tar.gz"]
+
+
+def test_cached_tarball_extracted_without_download(served, isolated, capsys):
+    _, sha = make_weights_tarball(served.root)
+    isolated.mkdir()
+    (isolated / f"{NAME}.tar.gz").write_bytes((served.root / f"{NAME}.tar.gz").read_bytes())
+    (served.root / f"{NAME}.tar.gz.sha256").write_text(sha + "\n")
+    assert hub.resolve_weights(served.url(f"{NAME}.tar.gz"), progress=False) == str(isolated / NAME)
+    assert served.requests == [f"/{NAME}.tar.gz.sha256"]  # verified, not downloaded again
+    assert "in cache (checksum verified)" in capsys.readouterr().out
+
+
+def test_top_level_dir_named_differently_is_found_offline(served, isolated):
+    make_weights_tarball(served.root, top="weights_v2")
+    url = served.url(f"{NAME}.tar.gz")
+    path = hub.resolve_weights(url, progress=False)
+    assert path == str(isolated / "weights_v2")
+    served.stop()
+    assert hub.resolve_weights(url, progress=False) == path
+
+
+def test_url_file_name_cannot_escape_cache(served, isolated, tmp_path):
+    make_weights_tarball(served.root)
+    path = hub.resolve_weights(served.url(f"sub/..%2F{NAME}.tar.gz"), progress=False)
+    assert path == str(isolated / NAME)
+    assert sorted(os.listdir(tmp_path)) == ["cache", "www"]  # nothing written beside the cache
+    with pytest.raises(ValueError, match="file name"):
+        hub.resolve_weights(served.url(".tar.gz"), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# known_sha256
+
+def test_known_sha256_missing_or_failing_means_unknown(served, capsys):
+    assert hub.known_sha256(served.url(f"{NAME}.tar.gz")) is None  # 404
+    assert capsys.readouterr().err == ""  # nothing published is normal, no note
+    assert hub.known_sha256(served.url("error500/x.tar.gz")) is None
+    assert "HTTP 500" in capsys.readouterr().err
+    (served.root / "bad.tar.gz.sha256").write_text("SHA256 (bad.tar.gz) = abc\n")
+    assert hub.known_sha256(served.url("bad.tar.gz")) is None
+    assert hub.known_sha256(f"http://127.0.0.1:{free_port()}/x.tar.gz") is None
+
+
+def test_unreachable_server_still_raises(isolated):
+    # known_sha256 swallows the failed checksum request; the download must still fail loudly.
+    url = f"http://127.0.0.1:{free_port()}/{NAME}.tar.gz"
+    with pytest.raises(hub.DownloadError, match="connection refused") as e:
+        hub.resolve_weights(url, progress=False)
+    assert url in str(e.value)
+    assert listing(isolated) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# download: failure modes
+
+def test_download_404(served, tmp_path):
+    url = served.url("missing.tar.gz")
+    dest = tmp_path / "dl" / "missing.tar.gz"
+    with pytest.raises(hub.DownloadError, match="404") as e:
+        hub.download(url, str(dest), progress=False)
+    assert url in str(e.value) and str(dest) in str(e.value)
+    assert listing(dest.parent) == []
+
+
+def test_download_connection_refused(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/{NAME}.tar.gz"
+    with pytest.raises(hub.DownloadError, match="connection refused"):
+        hub.download(url, str(tmp_path / "x.tar.gz"), progress=False)
+    assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_download_dns_failure(tmp_path, monkeypatch):
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)  # simulated: no resolver is ever asked
+    with pytest.raises(hub.DownloadError, match="resolve"):
+        hub.download("http://weights.invalid/x.tar.gz", str(tmp_path / "x.tar.gz"), progress=False)
+
+
+@pytest.mark.parametrize("path", ["truncated/x.tar.gz", "chunked-broken/x.tar.gz"])
+def test_download_truncated_body_leaves_nothing(served, tmp_path, path):
+    dest = tmp_path / "dl" / "x.tar.gz"
+    with pytest.raises(hub.DownloadError, match="truncated|closed early") as e:
+        hub.download(served.url(path), str(dest), progress=False)
+    assert served.url(path) in str(e.value)
+    assert listing(dest.parent) == []
+
+
+def test_download_timeout(served, tmp_path, monkeypatch):
+    monkeypatch.setattr(hub, "TIMEOUT", 0.3)
+    with pytest.raises(hub.DownloadError, match="timed out"):
+        hub.download(served.url("hang/x.tar.gz"), str(tmp_path / "x.tar.gz"), progress=False)
+    assert listing(tmp_path) == ["www"]
+
+
+def test_download_keeps_previous_file_on_failure(served, tmp_path):
+    dest = tmp_path / "x.tar.gz"
+    dest.write_bytes(b"previous")
+    with pytest.raises(hub.DownloadError):
+        hub.download(served.url("truncated/x.tar.gz"), str(dest), progress=False)
+    assert dest.read_bytes() == b"previous"
+    assert sorted(os.listdir(tmp_path)) == ["www", "x.tar.gz"]
+
+
+def test_download_progress_on_stderr(served, tmp_path, capsys):
+    (served.root / "blob").write_bytes(os.urandom(300_000))
+    hub.download(served.url("blob"), str(tmp_path / "blob"), progress=True)
+    err = capsys.readouterr().err
+    assert "100.0%" in err and len(err.splitlines()) <= 12  # coarse steps when not a terminal
+    hub.download(served.url("blob"), str(tmp_path / "blob2"), progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_download_error_pickles():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(hub.DownloadError("http://x/y.tar.gz", "HTTP error 404", "/c/y.tar.gz")))
+    assert e.reason == "HTTP error 404" and "/c/y" in str(e)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# file:// URLs and local sources
+
+def test_file_url(tmp_path, isolated):
+    import oneflow as flow
+
+    tar, sha = make_weights_tarball(tmp_path)
+    url = tar.as_uri()
+    assert url.startswith("file:///")
+    assert hub.known_sha256(url) is None  # no .sha256 beside it
+    path = hub.resolve_weights(url, progress=False)
+    assert path == str(isolated / NAME) and (isolated / f"{NAME}.tar.gz").is_file()
+    assert flow.load(path)["w"].numpy().tolist() == [1.0, 1.0, 1.0]
+    (tmp_path / f"{NAME}.tar.gz.sha256").write_text(sha + "\n")
+    assert hub.known_sha256(url) == sha
+
+
+def test_missing_file_url(tmp_path, isolated):
+    url = (tmp_path / "nowhere" / f"{NAME}.tar.gz").as_uri()
+    with pytest.raises(hub.DownloadError, match="no such file") as e:
+        hub.resolve_weights(url, progress=False)
+    assert url in str(e.value)
+    assert listing(isolated) == []
+
+
+def test_local_directory_and_tarball(tmp_path, isolated):
+    tar, sha = make_weights_tarball(tmp_path)
+    weights = tmp_path / "src" / NAME
+    assert hub.resolve_weights(str(weights)) == str(weights)
+    with pytest.raises(ValueError, match="pickled_data") as e:
+        hub.resolve_weights(str(tmp_path / "src"))
+    assert str(tmp_path / "src") in str(e.value)
+    with pytest.raises(FileNotFoundError):
+        hub.resolve_weights(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="checksum"):
+        hub.resolve_weights(str(tar), sha256="0" * 64)
+    assert listing(isolated) == []
+    path = hub.resolve_weights(tar, sha256=sha)  # PathLike accepted
+    assert path == str(isolated / NAME)
+    mtime = os.stat(os.path.join(path, "pickled_data")).st_mtime_ns
+    assert hub.resolve_weights(str(tar)) == path  # existing extraction reused
+    assert os.stat(os.path.join(path, "pickled_data")).st_mtime_ns == mtime
+
+
+def test_tarball_without_weights_rejected(tmp_path, isolated):
+    tar = crafted_tarball(tmp_path / "w.tar.gz", [(NAME, DIR, b"", {}), (f"{NAME}/model.pth", REG, b"x", {})])
+    with pytest.raises(ValueError, match="pickled_data"):
+        hub.resolve_weights(str(tar))
+    assert listing(isolated) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# safe_extract
+
+def test_safe_extract_ok_with_dot_prefix(tmp_path):
+    tar = crafted_tarball(tmp_path / "ok.tar.gz", [("./", DIR, b"", {}), (f"./{NAME}/sub/a", REG, b"A", {}),
+                                                   (f"./{NAME}/pickled_data", REG, b"P", {})])
+    dest = tmp_path / "dest"
+    out = hub.safe_extract(str(tar), str(dest))
+    assert out == str(dest / NAME)
+    assert listing(dest) == [NAME, f"{NAME}/pickled_data", f"{NAME}/sub", f"{NAME}/sub/a"]
+    assert (dest / NAME / "sub" / "a").read_bytes() == b"A"
+    with pytest.raises(FileExistsError):  # never overwrites
+        hub.safe_extract(str(tar), str(dest))
+    assert (dest / NAME / "pickled_data").read_bytes() == b"P"
+
+
+UNSAFE = {
+    "dotdot": ([(f"{NAME}/../evil", REG, b"pwned", {})], "'..'"),
+    "dotdot-top": ([("../evil", REG, b"pwned", {})], "'..'"),
+    "absolute": ([(f"{NAME}", DIR, b"", {}), ("{ABS}", REG, b"pwned", {})], "absolute"),
+    "symlink": ([(f"{NAME}/link", tarfile.SYMTYPE, b"", {"linkname": "../../evil"}),
+                 (f"{NAME}/link/x", REG, b"pwned", {})], "symbolic link"),
+    "hardlink": ([(f"{NAME}/pickled_data", REG, b"p", {}),
+                  (f"{NAME}/hard", tarfile.LNKTYPE, b"", {"linkname": "/etc/passwd"})], "hard link"),
+    "chardev": ([(f"{NAME}/dev", tarfile.CHRTYPE, b"", {"devmajor": 1, "devminor": 3})], "character device"),
+    "blockdev": ([(f"{NAME}/blk", tarfile.BLKTYPE, b"", {"devmajor": 8, "devminor": 0})], "block device"),
+    "fifo": ([(f"{NAME}/fifo", tarfile.FIFOTYPE, b"", {})], "FIFO"),
+    "two-tops": ([(f"{NAME}/pickled_data", REG, b"p", {}), ("other/x", REG, b"x", {})], "more than one"),
+    "top-file": ([("evil", REG, b"x", {})], "is a file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE))
+def test_safe_extract_refuses(tmp_path, case):
+    members, reason = UNSAFE[case]
+    outside = tmp_path / "evil-abs"  # the absolute member points here, outside the destination
+    members = [(name.replace("{ABS}", str(outside)), *rest) for name, *rest in members]
+    # Safe members first, so a careless extractor would already have written something.
+    if case not in ("two-tops", "top-file"):
+        members_to_write = OK_MEMBERS + members
+    else:  # the valid members would already make a second top-level entry
+        members_to_write = members
+    tar = crafted_tarball(tmp_path / "bad.tar.gz", members_to_write)
+    dest = tmp_path / "a" / "dest"
+    dest.mkdir(parents=True)
+    (dest / "keep").write_text("mine")
+    before = listing(tmp_path)
+    with pytest.raises(ValueError, match=reason) as e:
+        hub.safe_extract(str(tar), str(dest))
+    assert str(tar) in str(e.value) and any(repr(m[0]) in str(e.value) for m in members)
+    assert listing(tmp_path) == before
+    assert not outside.exists()
+
+
+def test_safe_extract_failure_midway_leaves_nothing(tmp_path):
+    # Passes vetting but cannot be extracted: a file, then a member that needs it to be a directory.
+    tar = crafted_tarball(tmp_path / "odd.tar.gz", OK_MEMBERS + [(f"{NAME}/a", REG, b"1", {}),
+                                                                 (f"{NAME}/a/b", REG, b"2", {})])
+    dest = tmp_path / "dest"
+    with pytest.raises(OSError):
+        hub.safe_extract(str(tar), str(dest))
+    assert not dest.exists()  # not even the destination it created
+
+
+def test_safe_extract_corrupt_archive(tmp_path):
+    good, _ = make_weights_tarball(tmp_path)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ValueError, match="readable"):
+        hub.safe_extract(str(cut), str(dest))
+    assert listing(dest) == []
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(ValueError, match="readable"):
+        hub.safe_extract(str(tmp_path / "junk.tar.gz"), str(dest))

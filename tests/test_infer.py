@@ -1,0 +1,153 @@
+"""Inference (``infer.sh``), publishing and the download path, end to end: train a tiny schedule, publish it, serve
+it over HTTP on 127.0.0.1, and check that ``infer.sh`` with the URL finds what the checkpoint itself finds."""
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INFER_SH = os.path.join(REPO, "cv", "detection", "ssd300_vgg16", "infer.sh")
+
+
+def run(cmd, cwd, env=None, expect=0, timeout=600):
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(sample_dataset, tmp_path_factory):
+    """A checkpoint of one SGD step on 2 sample images (the weights barely move, but they are ours)."""
+    out = tmp_path_factory.mktemp("train")
+    run([sys.executable, "-m", "cv.detection.ssd300_vgg16.train", "--data-path", str(sample_dataset),
+         "--output-dir", str(out), "--train-subset", "2", "--val-subset", "1", "--batch-size", "2", "--epochs", "1",
+         "--workers", "0", "--no-pretrained-backbone"], cwd=out)
+    return out / "checkpoint_epoch0000"
+
+
+@pytest.fixture(scope="module")
+def images(sample_dataset, tmp_path_factory):
+    """Three val images: two in a folder, one elsewhere under the same file name."""
+    root = tmp_path_factory.mktemp("images")
+    files = sorted(os.listdir(sample_dataset / "val2017"))[:3]
+    (root / "folder").mkdir()
+    (root / "other").mkdir()
+    for f in files[:2]:
+        shutil.copy(sample_dataset / "val2017" / f, root / "folder" / f)
+    shutil.copy(sample_dataset / "val2017" / files[2], root / "other" / files[0])
+    return root
+
+
+def env_with_cache(cache):
+    env = dict(os.environ, FLOWVISION_CACHE=str(cache))
+    env.pop("SSD300_VGG16_URL", None)
+    return env
+
+
+def detections(output_dir):
+    return {f: json.loads((output_dir / f).read_text()) for f in sorted(os.listdir(output_dir)) if f.endswith(".json")}
+
+
+def test_infer_on_images_folders_and_globs(trained, images, tmp_path):
+    out = tmp_path / "out"
+    res = run(["bash", INFER_SH, "--weights", str(trained), "--images", str(images / "folder"),
+               str(images / "other" / "*.jpg"), "--score-threshold", "0.02", "--output-dir", str(out)], cwd=tmp_path)
+    lines = [line for line in res.stdout.splitlines() if ": " in line and "detection" in line]
+    assert len(lines) == 3 and f"weights: {trained}; 6 classes" in res.stdout
+    found = detections(out)
+    assert len(found) == 3  # the two files named alike got distinct outputs
+    for name, record in found.items():
+        assert {"image", "width", "height", "detections"} <= set(record)
+        picture = Image.open(out / name.replace(".json", ".jpg"))
+        assert picture.size == (record["width"], record["height"])
+        for d in record["detections"]:
+            assert d["score"] >= 0.02 and 1 <= d["label"] <= 6 and d["name"] in {
+                "circle", "square", "triangle", "ring", "cross", "star"}
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 < x2 <= record["width"] and 0 <= y1 < y2 <= record["height"]
+        if record["detections"]:
+            original = np.asarray(Image.open(record["image"]).convert("RGB"), dtype=np.int16)
+            assert np.abs(np.asarray(picture, dtype=np.int16) - original).mean() > 1  # boxes were drawn
+
+
+def test_infer_skips_unreadable_images_and_names_them(trained, images, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(next((images / "folder").iterdir()), folder / "good.jpg")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    res = run(["bash", INFER_SH, "--weights", str(trained), "--images", str(folder), "--output-dir",
+               str(tmp_path / "out")], cwd=tmp_path)
+    assert f"{folder / 'broken.jpg'}: skipped, cannot be read" in res.stdout
+    assert "1 of 2 images could not be read and were skipped" in res.stdout
+    assert list(detections(tmp_path / "out")) == ["good.json"]
+
+
+def test_infer_errors_name_what_is_wrong(trained, tmp_path):
+    res = run(["bash", INFER_SH, "--weights", str(trained), "--images", str(tmp_path / "nope.jpg")], cwd=tmp_path,
+              expect=1)
+    assert f"--images {tmp_path / 'nope.jpg'}: no such file or directory" in res.stderr
+    res = run(["bash", INFER_SH, "--weights", str(tmp_path / "missing")], cwd=tmp_path, expect=1)
+    assert "no such file or directory" in res.stderr
+
+
+def test_without_weights_it_says_how_to_get_them(monkeypatch, tmp_path):
+    from cv.detection.ssd300_vgg16 import infer
+
+    monkeypatch.setattr(infer, "DEFAULT_OUTPUT", str(tmp_path))
+    with pytest.raises(SystemExit, match="Train one.*--pretrained"):
+        infer.weights_source(infer.get_args_parser().parse_args([]))
+
+
+def serve(directory):
+    """An HTTP server for ``directory`` on 127.0.0.1 (a free port), in a thread."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_published_weights_over_http_and_file_url_detect_what_the_checkpoint_does(trained, images, tmp_path):
+    from cv.detection.publish import publish
+
+    publish(str(trained), str(tmp_path / "zoo"))
+    common = ["--images", str(images / "folder"), "--score-threshold", "0.02"]
+    run(["bash", INFER_SH, "--weights", str(trained), "--output-dir", str(tmp_path / "a"), *common], cwd=tmp_path)
+    server = serve(tmp_path / "zoo")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/ssd300_vgg16.tar.gz"
+        res = run(["bash", INFER_SH, "--weights", url, "--output-dir", str(tmp_path / "b"), *common], cwd=tmp_path,
+                  env=env_with_cache(tmp_path / "cache"))
+    finally:
+        server.shutdown()
+    assert f"weights: {url}" in res.stdout
+    assert sorted(os.listdir(tmp_path / "cache")) == ["ssd300_vgg16", "ssd300_vgg16.tar.gz"]
+    # --pretrained follows $SSD300_VGG16_URL (here a file:// URL: a local mirror).
+    env = dict(env_with_cache(tmp_path / "cache2"), SSD300_VGG16_URL=f"file://{tmp_path / 'zoo' / 'ssd300_vgg16.tar.gz'}")
+    res = run(["bash", INFER_SH, "--pretrained", "--output-dir", str(tmp_path / "c"), *common], cwd=tmp_path, env=env)
+    assert "weights: the published COCO weights (file://" in res.stdout
+    reference = detections(tmp_path / "a")
+    for other in ("b", "c"):
+        found = detections(tmp_path / other)
+        assert found.keys() == reference.keys()
+        for name, record in reference.items():
+            ours, theirs = record["detections"], found[name]["detections"]
+            assert [d["label"] for d in ours] == [d["label"] for d in theirs] and len(ours) > 0
+            np.testing.assert_allclose([d["box"] for d in ours], [d["box"] for d in theirs], atol=1e-3)
+            np.testing.assert_allclose([d["score"] for d in ours], [d["score"] for d in theirs], atol=1e-4)
+
+
+def test_coco_eval_mode_prints_the_ap_table(trained, sample_dataset, tmp_path):
+    res = run(["bash", INFER_SH, "--weights", str(trained), "--coco-eval", "--data-path", str(sample_dataset),
+               "--max-images", "2", "--workers", "0", "--output-dir", str(tmp_path)], cwd=tmp_path)
+    assert "evaluating on 2 images" in res.stdout
+    assert res.stdout.count("Average Precision") == 6 and res.stdout.count("Average Recall") == 6
+    results = json.loads((tmp_path / "detections_val.json").read_text())
+    assert results and {"image_id", "category_id", "bbox", "score"} == set(results[0])

@@ -1,0 +1,212 @@
+"""Publishing a checkpoint (cv/detection/publish.py, scripts/publish.py): the tarball holds the weights and
+nothing else, in the layout flowvision's loader reads, reproducibly; the digest and the card tell the truth; bad
+inputs fail clearly. One small set of saves is shared by all tests (saving 26M parameters takes seconds)."""
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import oneflow as flow
+import pytest
+
+from cv.detection import checkpoint as ckpt
+from cv.detection.coco_eval import STAT_NAMES
+from cv.detection.publish import PublishError, publish
+from cv.detection.ssd300_vgg16 import ssd300_vgg16
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 7
+LABEL_NAMES = ["__background__", "circle", "square", "triangle", "star", "cross", "ring"]
+STATS = {name: round(0.01 * (i + 1), 3) for i, name in enumerate(STAT_NAMES)}
+ARGS = {"data_path": "/data/shapes", "epochs": 3, "batch_size": 4, "lr": 0.002, "lr_steps": [2], "amp": False}
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A train.py-like checkpoint (with SGD momentum buffers) and the same weights as a bare state dict, the
+    checkpoint published twice (into a/ and b/), and the model the weights came from."""
+    root = tmp_path_factory.mktemp("publish")
+    flow.manual_seed(0)
+    model = ssd300_vgg16(num_classes=NUM_CLASSES)
+    optimizer = flow.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    # One fake step on a cheap loss, so that the optimizer state holds a momentum buffer per parameter: the
+    # payload then carries twice the weights' size of state that must not reach the tarball.
+    sum(p.sum() for p in model.parameters() if p.requires_grad).backward()
+    optimizer.step()
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 2, "iteration": 150,
+               "args": ARGS, "rng": ckpt.rng_state(), "amp_scaler": None,
+               "meta": {"arch": "ssd300_vgg16", "num_classes": NUM_CLASSES, "label_names": LABEL_NAMES,
+                        "label_to_category_id": {i: i for i in range(1, NUM_CLASSES)},
+                        "dataset": ARGS["data_path"], "stats": STATS}}
+    assert payload["optimizer"]["state"], "the fake step should have created momentum buffers"
+    out = root / "train_out"
+    out.mkdir()
+    checkpoint = ckpt.save_checkpoint(str(out), 2, payload, ap=STATS["AP"])
+    bare = root / "bare_state_dict"
+    flow.save(model.state_dict(), str(bare))
+    card_a = publish(checkpoint, str(root / "a"))
+    card_b = publish(checkpoint, str(root / "b"))
+    return {"root": root, "model": model, "checkpoint": checkpoint, "bare": str(bare), "a": card_a, "b": card_b}
+
+
+def _extract(tarball, into):
+    with tarfile.open(tarball) as tar:
+        members = tar.getmembers()
+        tar.extractall(into)
+    return members
+
+
+def test_tarball_holds_exactly_the_model_weights(published, tmp_path):
+    tarball = published["a"]["paths"]["tarball"]
+    assert os.path.basename(tarball) == "ssd300_vgg16.tar.gz"
+    members = _extract(tarball, tmp_path)
+    assert {m.name.split("/")[0] for m in members} == {"ssd300_vgg16"}
+    assert members[0].name == "ssd300_vgg16" and members[0].isdir()  # flowvision loads members[0]
+    assert [m.name for m in members] == sorted(m.name for m in members)
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.gname == "" for m in members)
+    with open(tarball, "rb") as f:
+        header = f.read(10)
+    assert header[:2] == b"\x1f\x8b" and header[4:8] == b"\0\0\0\0"  # gzip, header mtime 0
+    with gzip.open(tarball) as g:  # no file name in the gzip header (FNAME flag unset)
+        assert header[3] & 0x08 == 0 and g.read(1)
+
+    loaded = flow.load(str(tmp_path / "ssd300_vgg16"))
+    reference = published["model"].state_dict()
+    assert list(loaded) == list(reference) and len(loaded) == 71  # no optimizer state, no rng, no args
+    assert all(isinstance(t, flow.Tensor) and t.device == flow.device("cpu") for t in loaded.values())
+    fresh = ssd300_vgg16(num_classes=NUM_CLASSES)
+    fresh.load_state_dict(loaded)
+    for key, value in fresh.state_dict().items():
+        assert np.array_equal(value.numpy(), reference[key].numpy()), key
+    # The weights alone: far smaller than the checkpoint, which also carries the momentum buffers.
+    size = lambda d: sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)  # noqa
+    assert size(tmp_path / "ssd300_vgg16") < 0.6 * size(published["checkpoint"])
+
+
+def test_flowvision_loader_reads_the_tarball(published, tmp_path, monkeypatch):
+    from flowvision.models.detection import ssd300_vgg16 as flowvision_ssd300_vgg16
+    from flowvision.models.utils import load_state_dict_from_url
+
+    monkeypatch.setenv("FLOWVISION_CACHE", str(tmp_path / "cache"))  # never the real ~/.oneflow
+    tarball = published["a"]["paths"]["tarball"]
+    state = load_state_dict_from_url("file://" + os.path.abspath(tarball), model_dir=str(tmp_path / "models"),
+                                     progress=False)
+    assert os.path.isfile(tarball), "the loader must work on its own copy"
+    assert os.path.isdir(tmp_path / "models" / "ssd300_vgg16")
+    model = flowvision_ssd300_vgg16(pretrained=False, pretrained_backbone=False, num_classes=NUM_CLASSES)
+    model.load_state_dict(state)
+    ours = published["model"].state_dict()
+    assert np.array_equal(model.state_dict()["head.classification_head.module_list.0.weight"].numpy(),
+                          ours["head.classification_head.module_list.0.weight"].numpy())
+
+
+def test_sha256_file_matches(published):
+    paths = published["a"]["paths"]
+    with open(paths["tarball"], "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with open(paths["sha256"]) as f:
+        assert f.read() == f"{digest}  ssd300_vgg16.tar.gz\n"
+    assert published["a"]["artifact"]["sha256"] == digest
+    assert published["a"]["artifact"]["bytes"] == os.path.getsize(paths["tarball"])
+    # sha256sum itself agrees, run where the file is (as a user would).
+    check = subprocess.run(["sha256sum", "-c", os.path.basename(paths["sha256"])], capture_output=True, text=True,
+                           cwd=os.path.dirname(paths["sha256"]))
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_card(published):
+    paths = published["a"]["paths"]
+    with open(paths["card_json"]) as f:
+        card = json.load(f)
+    model = published["model"]
+    assert card["name"] == "ssd300_vgg16"
+    assert card["architecture"]["name"] == "SSD300" and card["architecture"]["backbone"] == "VGG16"
+    assert card["architecture"]["paper"] == "https://arxiv.org/abs/1512.02325"
+    assert card["num_classes"] == NUM_CLASSES and card["label_names"] == LABEL_NAMES
+    assert card["parameters"] == sum(t.numel() for t in model.state_dict().values())
+    assert card["parameters"] == sum(p.numel() for p in model.parameters())
+    assert card["tensors"] == 71
+    ev = card["evaluation"]
+    assert ev["stats"] == STATS and ev["box_ap"] == round(100 * STATS["AP"], 1)
+    assert ev["dataset"] == ARGS["data_path"] and ev["epoch"] == 2
+    assert card["training"]["args"] == ARGS and card["training"]["iteration"] == 150
+    assert card["source"]["commit"] and card["source"]["commit"] != "unknown"  # this is a git checkout
+    assert card["source"]["checkpoint"] == os.path.abspath(published["checkpoint"])
+    assert card["published"][:4].isdigit() and card["unknown"] == []
+    assert "infer.sh --weights" in card["usage"]["infer"]
+
+    with open(paths["card_md"]) as f:
+        md = f.read()
+    assert md.startswith("# ssd300_vgg16\n")
+    assert f"{card['parameters']:,}" in md and card["artifact"]["sha256"] in md
+    assert "| AP @ IoU 0.50:0.95 | 1.0 |" in md and "| AR large | 12.0 |" in md
+    assert "infer.sh --weights" in md and "load_state_dict_from_url" in md and "circle" in md
+
+
+def test_publishing_twice_is_byte_identical_and_leaves_no_temporaries(published):
+    a, b = published["a"]["paths"], published["b"]["paths"]
+    with open(a["tarball"], "rb") as fa, open(b["tarball"], "rb") as fb:
+        assert fa.read() == fb.read()
+    for card in (published["a"], published["b"]):
+        directory = os.path.dirname(card["paths"]["tarball"])
+        assert sorted(os.listdir(directory)) == ["ssd300_vgg16.json", "ssd300_vgg16.md", "ssd300_vgg16.tar.gz",
+                                                 "ssd300_vgg16.tar.gz.sha256"]
+
+
+def test_cli_on_a_bare_state_dict(published, tmp_path):
+    """From another directory, in another process (so OneFlow's tensor naming starts elsewhere): a bare state
+    dict of the same weights publishes to the very same tarball, and the card says what it cannot know."""
+    out = tmp_path / "cli_out"
+    run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "publish.py"), published["bare"],
+                          "--output-dir", str(out)], capture_output=True, text=True, cwd=str(tmp_path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert str(out / "ssd300_vgg16.tar.gz") in run.stdout and str(out / "ssd300_vgg16.md") in run.stdout
+    with open(out / "ssd300_vgg16.tar.gz", "rb") as f1, open(published["a"]["paths"]["tarball"], "rb") as f2:
+        assert f1.read() == f2.read()
+    with open(out / "ssd300_vgg16.json") as f:
+        card = json.load(f)
+    assert card["num_classes"] == NUM_CLASSES and card["source"]["kind"] == "bare state dict"
+    assert card["evaluation"] is None and card["training"] is None and card["label_names"] is None
+    assert set(card["unknown"]) == {"label_names", "evaluation", "training"}
+    with open(out / "ssd300_vgg16.md") as f:
+        assert "Unknown" in f.read()
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    missing = str(tmp_path / "no_such_checkpoint")
+    with pytest.raises(FileNotFoundError, match="no_such_checkpoint"):
+        publish(missing, str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_not_an_ssd_state_dict_is_a_clear_error(tmp_path):
+    linear = str(tmp_path / "linear")
+    flow.save(flow.nn.Linear(3, 2).state_dict(), linear)
+    with pytest.raises(PublishError, match=f"{linear} is not an SSD300-VGG16 state dict.*no head"):
+        publish(linear, str(tmp_path / "out"))
+    # Right head, nothing else: num_classes is inferred (7) but strict loading names what is missing.
+    head_only = str(tmp_path / "head_only")
+    flow.save({"head.classification_head.module_list.0.weight": flow.zeros(4 * NUM_CLASSES, 512, 3, 3)}, head_only)
+    with pytest.raises(PublishError, match=f"{head_only} is not an SSD300-VGG16 state dict \\(7 classes.*70 missing"):
+        publish(head_only, str(tmp_path / "out"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PublishError, match=str(empty)):
+        publish(str(empty), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out" / "ssd300_vgg16.tar.gz")
+
+
+def test_training_output_dir_names_its_checkpoints(published, tmp_path):
+    out_dir = os.path.dirname(published["checkpoint"])
+    with pytest.raises(PublishError, match="training output directory.*checkpoint_epoch0002"):
+        publish(out_dir, str(tmp_path / "out"))
+
+
+def test_cli_error_exit_code(tmp_path):
+    run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "publish.py"), str(tmp_path / "nope"),
+                          "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=str(tmp_path))
+    assert run.returncode == 1 and "nope" in run.stderr and "Traceback" not in run.stderr
