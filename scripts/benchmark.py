@@ -1,6 +1,8 @@
 """Speed measurements. Prints tables; with --json, also writes the numbers.
 
-    .venv/bin/python scripts/benchmark.py [--sections train data] [--batch-size 4] [--repeats 5] [--json out.json]
+    .venv/bin/python scripts/benchmark.py [--sections ...] [--batch-size 4] [--repeats 5] [--json out.json]
+
+Sections (default: all, about 10 minutes on 2 cores):
 
 train: one SGD step (forward, loss, backward, update) of our SSD300-VGG16 against flowvision's ``ssd300_vgg16``,
 with identical weights, images and targets, in one process, the two alternating so that machine noise hits both
@@ -11,8 +13,21 @@ data: images/s of the data pipeline in one process, i.e. per DataLoader worker: 
 COCO-format folder of 640x480 JPEG files (written first, textured, quality 90, like COCO photos), decoding, and
 applying the SSD training augmentation (or the eval conversion). Reported: median of --repeats passes over the
 files, with the spread. "literal chain" is the same augmentation applied step by step at full size, for comparison.
+
+infer: end-to-end inference per image (JPEG decode, conversion, resize and normalisation, network,
+post-processing) of SSD300-VGG16 (91 classes) with the OneFlow eager network and with ONNX Runtime (network
+exported once, batch 1 and batch 8), alternating the contenders; also the share of eager evaluation time spent
+after the network (box decoding, NMS), and the trunk under ``nn.Graph`` against eager. With random weights nearly
+every class scores above 0.01, the worst case for post-processing; ``--weights`` measures a trained model.
+
+eval: seconds of COCO bbox evaluation (conversion, results file, one COCOeval) for --eval-images images with 100
+detections each.
+
+coretype: one SSD300 forward (batch 1) in fresh processes under OpenBLAS's own core type ("Prescott" on CPUs it
+does not know) and under the one cv/_runtime.py chooses for this CPU.
 """
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -125,6 +140,158 @@ def bench_data(args):
                 for name, t in contenders.items()}
 
 
+def time_alternating(contenders, repeats):
+    """``{name: [seconds, ...]}``: each callable run once to warm up, then ``repeats`` rounds, one call each."""
+    times = {name: [] for name in contenders}
+    for r in range(repeats + 1):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            if r > 0:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def bench_infer(args):
+    import tempfile
+
+    from cv.detection import hub
+    from cv.detection.coco import load_rgb
+    from cv.detection.ssd300_vgg16 import ssd300_vgg16
+    from cv.detection.ssd300_vgg16.infer import load_model
+    from cv.detection.ssd300_vgg16.onnx_backend import OnnxRuntimeSSD, cached_export
+    from cv.detection.transforms import to_chw_float
+
+    flow.manual_seed(0)
+    model = load_model(args.weights)[0] if args.weights else ssd300_vgg16().eval()
+    onnx_dir = os.path.join(hub.cache_dir(), "onnx")
+    ort = {b: OnnxRuntimeSSD(model, cached_export(model, onnx_dir, b)) for b in (1, 8)}
+    with tempfile.TemporaryDirectory() as root:
+        write_jpeg_dataset(root, 8)
+        paths = sorted(glob.glob(os.path.join(root, "train2017", "*.jpg")))
+
+        def end_to_end(detector, batch):
+            def run():
+                for start in range(0, len(paths), batch):
+                    with flow.no_grad():
+                        out = detector([flow.tensor(to_chw_float(load_rgb(p))) for p in paths[start:start + batch]])
+                    out[-1]["scores"].numpy()
+            return run
+
+        contenders = {"oneflow eager, batch 1": end_to_end(model, 1), "oneflow eager, batch 8": end_to_end(model, 8),
+                      "onnxruntime, batch 1": end_to_end(ort[1], 1), "onnxruntime, batch 8": end_to_end(ort[8], 8)}
+        times = time_alternating(contenders, args.repeats)
+        result = {name: summarize([t / len(paths) for t in ts]) for name, ts in times.items()}
+
+        # Where eager evaluation time goes: the network, then what follows it.
+        x = model.preprocess([flow.tensor(to_chw_float(load_rgb(paths[0])))])
+        split = {"network": [], "post-processing": []}
+        with flow.no_grad():
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                features = model.backbone(x)
+                head = model.head(features)
+                head["cls_logits"].numpy()
+                middle = time.perf_counter()
+                model.detect(head, [f.shape[-2:] for f in features], [(480, 640)])[0]["scores"].numpy()
+                split["network"].append(middle - start)
+                split["post-processing"].append(time.perf_counter() - middle)
+        post, net = statistics.median(split["post-processing"]), statistics.median(split["network"])
+        result["post_processing_share"] = post / (post + net)
+        result["post_processing_s"] = summarize(split["post-processing"])
+
+        # The trunk and heads as an nn.Graph (OneFlow's static-graph mode) against eager, batch 1.
+        from cv.detection.ssd300_vgg16.onnx_backend import _Network
+
+        network = _Network(model)
+
+        class Graph(flow.nn.Graph):
+            def __init__(self):
+                super().__init__()
+                self.network = network
+
+            def build(self, x):
+                return self.network(x)
+
+        graph = Graph()
+
+        def eager():
+            with flow.no_grad():
+                network(x)[0].numpy()
+
+        times = time_alternating({"eager": eager, "nn.Graph": lambda: graph(x)[0].numpy()}, args.repeats)
+        result["network_eager_vs_graph"] = {name: summarize(ts) for name, ts in times.items()}
+    return result
+
+
+CORETYPE_PROBE = """
+import os, time
+import cv, oneflow as flow
+from cv.detection.ssd300_vgg16 import ssd300_vgg16
+flow.manual_seed(0)
+m = ssd300_vgg16().eval()
+x = flow.rand(1, 3, 300, 300)
+ts = []
+with flow.no_grad():
+    for _ in range({runs}):
+        t = time.perf_counter(); m.head(m.backbone(x))["cls_logits"].numpy(); ts.append(time.perf_counter() - t)
+print(os.environ.get("OPENBLAS_CORETYPE", "(unset)"), sorted(ts[1:])[len(ts[1:]) // 2])
+"""
+
+
+def bench_coretype(args):
+    import subprocess
+
+    from cv import _runtime
+
+    chosen = _runtime.openblas_coretype(_runtime.cpu_flags())
+    result = {}
+    for label, value in (("OpenBLAS's own (Prescott here)", "Prescott"), (f"chosen: {chosen}", chosen)):
+        env = dict(os.environ, OPENBLAS_CORETYPE=value) if value else {
+            k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+        out = subprocess.run([sys.executable, "-c", CORETYPE_PROBE.format(runs=args.repeats + 1)], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        result[label] = float(out[-1])
+    return result
+
+
+def bench_eval(args):
+    import contextlib
+    import io
+
+    import numpy as np
+    from pycocotools.coco import COCO
+
+    from cv.detection.coco_eval import CocoEvaluator
+
+    rng = np.random.default_rng(0)
+    images = [{"id": i, "width": 640, "height": 480} for i in range(1, args.eval_images + 1)]
+    anns, dets = [], {}
+    for img in images:
+        xy = rng.uniform(0, 400, (7, 2))
+        wh = rng.uniform(10, 200, (7, 2))
+        for k in range(7):
+            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": int(rng.integers(1, 11)),
+                         "bbox": [*xy[k], *wh[k]], "area": float(wh[k].prod()), "iscrowd": 0})
+        boxes = np.concatenate([rng.uniform(0, 400, (100, 2)), np.zeros((100, 2))], 1)
+        boxes[:, 2:] = boxes[:, :2] + rng.uniform(10, 200, (100, 2))
+        dets[img["id"]] = {"boxes": boxes.astype(np.float32), "scores": rng.uniform(0, 1, 100).astype(np.float32),
+                           "labels": rng.integers(1, 11, 100)}
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": i, "name": str(i)} for i in range(1, 11)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    samples = []
+    for _ in range(max(1, args.repeats // 2)):
+        evaluator = CocoEvaluator(gt, {i: i for i in range(1, 11)})
+        start = time.perf_counter()
+        evaluator.update(list(dets), list(dets.values()))
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.summarize(None)
+        samples.append(time.perf_counter() - start)
+    return {"images": args.eval_images, "detections": 100 * args.eval_images, "seconds": summarize(samples)}
+
+
 def summarize(samples):
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "runs": len(samples)}
 
@@ -147,11 +314,14 @@ def bench_train_step(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", choices=["train", "data"], default=["train", "data"],
+    sections = ["train", "data", "infer", "eval", "coretype"]
+    parser.add_argument("--sections", nargs="+", choices=sections, default=sections,
                         help="what to measure (default: all)")
     parser.add_argument("--batch-size", type=int, default=4, help="train: images per training step (default 4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per contender (default 5)")
     parser.add_argument("--data-images", type=int, default=64, help="data: JPEG files per pass (default 64)")
+    parser.add_argument("--weights", help="infer: a trained model to measure (default: random weights)")
+    parser.add_argument("--eval-images", type=int, default=500, help="eval: images, 100 detections each (default 500)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -172,6 +342,26 @@ def main():
         print(f"\n{'data, 1 process (img/s)':<28}{'median':>9}{'min':>9}{'max':>9}")
         for name, r in data.items():
             print(f"{name:<28}{r['median']:>9.1f}{r['min']:>9.1f}{r['max']:>9.1f}")
+    if "infer" in args.sections:
+        inf = results["inference"] = bench_infer(args)
+        print(f"\n{'inference, end to end (s/img)':<28}{'median':>9}{'min':>9}{'max':>9}{'img/s':>9}")
+        for name in ("oneflow eager, batch 1", "oneflow eager, batch 8", "onnxruntime, batch 1", "onnxruntime, batch 8"):
+            r = inf[name]
+            print(f"{name:<28}{r['median']:>9.3f}{r['min']:>9.3f}{r['max']:>9.3f}{1 / r['median']:>9.2f}")
+        speedup = inf["oneflow eager, batch 1"]["median"] / inf["onnxruntime, batch 1"]["median"]
+        print(f"onnxruntime vs oneflow eager, batch 1: {speedup:.1f}x faster")
+        print(f"post-processing: {inf['post_processing_s']['median']:.3f} s/img, "
+              f"{100 * inf['post_processing_share']:.0f}% of eager evaluation time")
+        g = inf["network_eager_vs_graph"]
+        print(f"network, batch 1: eager {g['eager']['median']:.3f} s, nn.Graph {g['nn.Graph']['median']:.3f} s")
+    if "eval" in args.sections:
+        ev = results["coco_eval"] = bench_eval(args)
+        print(f"\nCOCO evaluation of {ev['detections']} detections on {ev['images']} images: "
+              f"{ev['seconds']['median']:.2f} s (min {ev['seconds']['min']:.2f}, max {ev['seconds']['max']:.2f})")
+    if "coretype" in args.sections:
+        ct = results["openblas_coretype"] = bench_coretype(args)
+        print("\nSSD300 forward, batch 1, by OpenBLAS core type (s): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in ct.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -61,7 +61,7 @@ def test_infer_on_images_folders_and_globs(trained, images, tmp_path):
     res = run(["bash", INFER_SH, "--weights", str(trained), "--images", str(images / "folder"),
                str(images / "other" / "*.jpg"), "--score-threshold", "0.02", "--output-dir", str(out)], cwd=tmp_path)
     lines = [line for line in res.stdout.splitlines() if ": " in line and "detection" in line]
-    assert len(lines) == 3 and f"weights: {trained}; 6 classes" in res.stdout
+    assert len(lines) == 3 and f"weights: {trained}; 6 classes; backend oneflow" in res.stdout
     found = detections(out)
     assert len(found) == 3  # the two files named alike got distinct outputs
     for name, record in found.items():
@@ -151,3 +151,59 @@ def test_coco_eval_mode_prints_the_ap_table(trained, sample_dataset, tmp_path):
     assert res.stdout.count("Average Precision") == 6 and res.stdout.count("Average Recall") == 6
     results = json.loads((tmp_path / "detections_val.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} == set(results[0])
+
+
+def test_onnxruntime_backend_gives_the_same_detections(trained, images, tmp_path):
+    common = ["--weights", str(trained), "--images", str(images / "folder"), "--score-threshold", "0.02"]
+    env = env_with_cache(tmp_path / "cache")
+    run(["bash", INFER_SH, *common, "--output-dir", str(tmp_path / "oneflow")], cwd=tmp_path, env=env)
+    first = run(["bash", INFER_SH, *common, "--backend", "onnxruntime", "--output-dir", str(tmp_path / "ort")],
+                cwd=tmp_path, env=env)
+    assert "exporting the network to ONNX" in first.stdout and "backend onnxruntime" in first.stdout
+    onnx_files = sorted(f for f in os.listdir(tmp_path / "cache" / "onnx") if f.endswith(".onnx"))
+    assert len(onnx_files) == 1 and onnx_files[0].endswith("-b1.onnx")
+    again = run(["bash", INFER_SH, *common, "--backend", "onnxruntime", "--output-dir", str(tmp_path / "ort2")],
+                cwd=tmp_path, env=env)
+    assert "exporting" not in again.stdout  # the export is cached per weights
+    reference = detections(tmp_path / "oneflow")
+    for other in ("ort", "ort2"):
+        found = detections(tmp_path / other)
+        assert found.keys() == reference.keys()
+        for name, record in reference.items():
+            ours, theirs = record["detections"], found[name]["detections"]
+            assert [d["label"] for d in ours] == [d["label"] for d in theirs] and len(ours) > 0
+            # The files round boxes to 0.01 px and scores to 1e-4: equal up to one rounding step.
+            np.testing.assert_allclose([d["box"] for d in ours], [d["box"] for d in theirs], atol=0.0101)
+            np.testing.assert_allclose([d["score"] for d in ours], [d["score"] for d in theirs], atol=1.01e-4)
+
+    # Unrounded, in-process, with the cached export: boxes within 1e-3 px, same labels in the same order.
+    import oneflow as flow
+
+    from cv.detection.coco import load_rgb
+    from cv.detection.ssd300_vgg16.infer import load_model
+    from cv.detection.ssd300_vgg16.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.transforms import to_chw_float
+
+    model, _, _ = load_model(str(trained))
+    detector = OnnxRuntimeSSD(model, str(tmp_path / "cache" / "onnx" / onnx_files[0]))
+    batch = [flow.tensor(to_chw_float(load_rgb(p))) for p in sorted((images / "folder").iterdir())]
+    with flow.no_grad():
+        expected = model(batch)
+    for e, o in zip(expected, detector(batch)):
+        assert e["labels"].numpy().tolist() == o["labels"].numpy().tolist() and len(e["labels"]) == 200
+        np.testing.assert_allclose(o["boxes"].numpy(), e["boxes"].numpy(), atol=1e-3)
+        np.testing.assert_allclose(o["scores"].numpy(), e["scores"].numpy(), atol=1e-5)
+
+
+def test_export_script_writes_model_and_description(trained, tmp_path):
+    out = run([sys.executable, os.path.join(REPO, "scripts", "export_onnx.py"), "--weights", str(trained),
+               "--output", str(tmp_path / "m.onnx"), "--batch-size", "2"], cwd=tmp_path)
+    assert "wrote" in out.stdout
+    info = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert info["batch_size"] == 2 and info["grid_sizes"] == [[38, 38], [19, 19], [10, 10], [5, 5], [3, 3], [1, 1]]
+    import onnx
+
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 300, 300]
+    assert [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output] == [[2, 8732, 7],
+                                                                                                 [2, 8732, 4]]

@@ -187,9 +187,17 @@ class SSD(nn.Module):
         if isinstance(features, dict):
             features = list(features.values())
         head_outputs = self.head(features)
-        anchors = self.anchor_generator([f.shape[-2:] for f in features], self.size, x.device, x.dtype)
+        grid_sizes = [f.shape[-2:] for f in features]
         if self.training:
+            anchors = self.anchor_generator(grid_sizes, self.size, x.device, x.dtype)
             return self.compute_loss(targets, image_sizes, head_outputs, anchors)
+        return self.detect(head_outputs, grid_sizes, image_sizes)
+
+    def detect(self, head_outputs, grid_sizes, image_sizes):
+        """Detections from the heads' outputs, for feature maps of ``grid_sizes`` and input images of
+        ``image_sizes`` (``(h, w)`` each). The inference path after the network, shared with other backends."""
+        logits = head_outputs["cls_logits"]
+        anchors = self.anchor_generator(grid_sizes, self.size, logits.device, logits.dtype)
         return self.postprocess_detections(head_outputs, anchors, image_sizes)
 
     def scaled_targets(self, targets, image_sizes, device):

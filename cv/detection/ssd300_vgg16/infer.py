@@ -53,6 +53,10 @@ def get_args_parser():
                         "model's 0.01, as COCO's AP needs the low-score tail)")
     o.add_argument("--output-dir", default=DEFAULT_INFER_OUTPUT, help=f"default {DEFAULT_INFER_OUTPUT}")
     o.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    o.add_argument("--backend", choices=["oneflow", "onnxruntime"], default="oneflow",
+                   help="run the network with OneFlow, or export it to ONNX once (cached per weights in "
+                        "$FLOWVISION_CACHE/onnx) and run it with ONNX Runtime: several times faster on CPU "
+                        "(default oneflow)")
     o.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     o.add_argument("--workers", type=int, default=2, help="--coco-eval: data loading processes (default 2)")
     return p
@@ -158,7 +162,7 @@ def output_names(paths):
 
 
 @flow.no_grad()
-def run_on_images(model, names, paths, args, device):
+def run_on_images(detector, names, paths, args, device):
     """Detect, write ``<name>.json`` and ``<name>.jpg`` per image, print a line each; returns the results.
     An unreadable image is skipped with a message naming it (the others still run) and counted."""
     os.makedirs(args.output_dir, exist_ok=True)
@@ -174,7 +178,7 @@ def run_on_images(model, names, paths, args, device):
                 print(f"{path}: skipped, cannot be read: {e}", flush=True)
         if not batch:
             continue
-        outputs = model([flow.tensor(to_chw_float(img), device=device) for _, _, img in batch])
+        outputs = detector([flow.tensor(to_chw_float(img), device=device) for _, _, img in batch])
         for (path, stem, img), out in zip(batch, outputs):
             keep = out["scores"] >= args.score_threshold
             dets = [{"box": [round(float(v), 2) for v in box], "score": round(float(s), 4), "label": int(lab),
@@ -199,7 +203,14 @@ def main(args):
     device = flow.device(args.device or ("cuda" if flow.cuda.is_available() else "cpu"))
     source, description = weights_source(args)
     model, names, meta = load_model(source, args.sha256, device)
-    print(f"weights: {description}; {len(names) - 1} classes; device {device}", flush=True)
+    detector = model
+    if args.backend == "onnxruntime":
+        if device.type != "cpu":
+            raise SystemExit("error: --backend onnxruntime runs on the CPU; drop --device or use --backend oneflow")
+        from cv.detection.ssd300_vgg16.onnx_backend import OnnxRuntimeSSD, cached_export
+
+        detector = OnnxRuntimeSSD(model, cached_export(model, os.path.join(hub.cache_dir(), "onnx")))
+    print(f"weights: {description}; {len(names) - 1} classes; backend {args.backend}, device {device}", flush=True)
 
     if args.coco_eval:
         data_path = args.data_path or SAMPLE_DATA
@@ -213,7 +224,7 @@ def main(args):
                              f"{val_set.num_classes - 1} categories of {val_set.annotation_file}")
         print(f"evaluating on {len(val_set)} images of {val_set.annotation_file}", flush=True)
         os.makedirs(args.output_dir, exist_ok=True)
-        return evaluate(model, make_loader(val_set, args.batch_size, args.workers, shuffle=False),
+        return evaluate(detector, make_loader(val_set, args.batch_size, args.workers, shuffle=False),
                         CocoEvaluator(val_set.coco(), val_set.label_to_category_id), device,
                         os.path.join(args.output_dir, "detections_val.json"))
 
@@ -226,7 +237,7 @@ def main(args):
         print(f"images: the sample dataset's val images ({args.images[0]})", flush=True)
     paths = collect_images(args.images)
     start = time.perf_counter()
-    results = run_on_images(model, names, paths, args, device)
+    results = run_on_images(detector, names, paths, args, device)
     print(f"{len(results)} images in {time.perf_counter() - start:.1f} s; detections and pictures in "
           f"{os.path.abspath(args.output_dir)}", flush=True)
     return results

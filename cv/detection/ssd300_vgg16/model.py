@@ -42,6 +42,9 @@ SSD300_CONFIG = dict(
     image_std=[1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0],
 )
 
+# F.normalize's default: guards the division where a position's features are all zero.
+L2NORM_EPS = 1e-12
+
 # VGG16 ("configuration D"): channels of each 3x3 convolution, "M" for a 2x2 max-pool.
 VGG16_LAYERS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -107,7 +110,10 @@ class SSDFeatureExtractorVGG(nn.Module):
 
     def forward(self, x):
         x = self.features(x)
-        out = [self.scale_weight.view(1, -1, 1, 1) * F.normalize(x, dim=1)]
+        # x / ||x|| over channels. Not F.normalize: OneFlow's fused l2_normalize op has no ONNX conversion, and a
+        # one-sided clamp of the norm converts wrongly; adding eps^2 under the root is equal to float precision
+        # and keeps all-zero positions at zero.
+        out = [self.scale_weight.view(1, -1, 1, 1) * x * flow.rsqrt((x * x).sum(dim=1, keepdim=True) + L2NORM_EPS ** 2)]
         for block in self.extra:
             x = block(x)
             out.append(x)
