@@ -159,7 +159,7 @@ def bench_infer(args):
     from cv.detection.coco import load_rgb
     from cv.detection.ssd300_vgg16 import ssd300_vgg16
     from cv.detection.ssd300_vgg16.infer import load_model
-    from cv.detection.ssd300_vgg16.onnx_backend import OnnxRuntimeSSD, cached_export
+    from cv.detection.ssd300_vgg16.onnx_backend import OnnxRuntimeSSD, cached_export, network_graph
     from cv.detection.transforms import to_chw_float
 
     flow.manual_seed(0)
@@ -201,23 +201,11 @@ def bench_infer(args):
         result["post_processing_s"] = summarize(split["post-processing"])
 
         # The trunk and heads as an nn.Graph (OneFlow's static-graph mode) against eager, batch 1.
-        from cv.detection.ssd300_vgg16.onnx_backend import _Network
-
-        network = _Network(model)
-
-        class Graph(flow.nn.Graph):
-            def __init__(self):
-                super().__init__()
-                self.network = network
-
-            def build(self, x):
-                return self.network(x)
-
-        graph = Graph()
+        graph = network_graph(model)
 
         def eager():
             with flow.no_grad():
-                network(x)[0].numpy()
+                graph.network(x)[0].numpy()
 
         times = time_alternating({"eager": eager, "nn.Graph": lambda: graph(x)[0].numpy()}, args.repeats)
         result["network_eager_vs_graph"] = {name: summarize(ts) for name, ts in times.items()}

@@ -56,6 +56,16 @@ def detections(output_dir):
     return {f: json.loads((output_dir / f).read_text()) for f in sorted(os.listdir(output_dir)) if f.endswith(".json")}
 
 
+def assert_same_detections(reference, found, box_atol=1e-3, score_atol=1e-4):
+    """Per image, the same labels in the same order, and boxes and scores equal within the tolerances."""
+    assert found.keys() == reference.keys()
+    for name, record in reference.items():
+        ours, theirs = record["detections"], found[name]["detections"]
+        assert [d["label"] for d in ours] == [d["label"] for d in theirs] and len(ours) > 0
+        np.testing.assert_allclose([d["box"] for d in ours], [d["box"] for d in theirs], atol=box_atol)
+        np.testing.assert_allclose([d["score"] for d in ours], [d["score"] for d in theirs], atol=score_atol)
+
+
 def test_infer_on_images_folders_and_globs(trained, images, tmp_path):
     out = tmp_path / "out"
     res = run(["bash", INFER_SH, "--weights", str(trained), "--images", str(images / "folder"),
@@ -133,15 +143,8 @@ def test_published_weights_over_http_and_file_url_detect_what_the_checkpoint_doe
     env = dict(env_with_cache(tmp_path / "cache2"), SSD300_VGG16_URL=f"file://{tmp_path / 'zoo' / 'ssd300_vgg16.tar.gz'}")
     res = run(["bash", INFER_SH, "--pretrained", "--output-dir", str(tmp_path / "c"), *common], cwd=tmp_path, env=env)
     assert "weights: the published COCO weights (file://" in res.stdout
-    reference = detections(tmp_path / "a")
     for other in ("b", "c"):
-        found = detections(tmp_path / other)
-        assert found.keys() == reference.keys()
-        for name, record in reference.items():
-            ours, theirs = record["detections"], found[name]["detections"]
-            assert [d["label"] for d in ours] == [d["label"] for d in theirs] and len(ours) > 0
-            np.testing.assert_allclose([d["box"] for d in ours], [d["box"] for d in theirs], atol=1e-3)
-            np.testing.assert_allclose([d["score"] for d in ours], [d["score"] for d in theirs], atol=1e-4)
+        assert_same_detections(detections(tmp_path / "a"), detections(tmp_path / other))
 
 
 def test_coco_eval_mode_prints_the_ap_table(trained, sample_dataset, tmp_path):
@@ -165,16 +168,9 @@ def test_onnxruntime_backend_gives_the_same_detections(trained, images, tmp_path
     again = run(["bash", INFER_SH, *common, "--backend", "onnxruntime", "--output-dir", str(tmp_path / "ort2")],
                 cwd=tmp_path, env=env)
     assert "exporting" not in again.stdout  # the export is cached per weights
-    reference = detections(tmp_path / "oneflow")
     for other in ("ort", "ort2"):
-        found = detections(tmp_path / other)
-        assert found.keys() == reference.keys()
-        for name, record in reference.items():
-            ours, theirs = record["detections"], found[name]["detections"]
-            assert [d["label"] for d in ours] == [d["label"] for d in theirs] and len(ours) > 0
-            # The files round boxes to 0.01 px and scores to 1e-4: equal up to one rounding step.
-            np.testing.assert_allclose([d["box"] for d in ours], [d["box"] for d in theirs], atol=0.0101)
-            np.testing.assert_allclose([d["score"] for d in ours], [d["score"] for d in theirs], atol=1.01e-4)
+        # The files round boxes to 0.01 px and scores to 1e-4: values a hair apart can round one step apart.
+        assert_same_detections(detections(tmp_path / "oneflow"), detections(tmp_path / other), 0.0101, 1.01e-4)
 
     # Unrounded, in-process, with the cached export: boxes within 1e-3 px, same labels in the same order.
     import oneflow as flow

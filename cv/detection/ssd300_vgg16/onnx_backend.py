@@ -35,6 +35,21 @@ class _Network(nn.Module):
         return out["cls_logits"], out["bbox_regression"]
 
 
+class _NetworkGraph(nn.Graph):
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def build(self, x):
+        return self.network(x)
+
+
+def network_graph(model):
+    """``model``'s backbone and heads as an ``nn.Graph`` (OneFlow's traced static-graph mode): what the ONNX
+    exporter converts, and what the benchmark compares with eager."""
+    return _NetworkGraph(_Network(model))
+
+
 def weights_fingerprint(model):
     """SHA-256 of the model's parameters and buffers (names, shapes and values), as a hex string."""
     digest = hashlib.sha256()
@@ -51,17 +66,7 @@ def export(model, path, batch_size=1):
     from oneflow_onnx.oneflow2onnx.util import export_onnx_model
 
     model = model.to("cpu").eval()
-    network = _Network(model)
-
-    class Graph(nn.Graph):
-        def __init__(self):
-            super().__init__()
-            self.network = network
-
-        def build(self, x):
-            return self.network(x)
-
-    graph = Graph()
+    graph = network_graph(model)
     x = flow.zeros(batch_size, 3, *model.size)
     graph(x)  # traced once; the exporter converts the traced job
     with flow.no_grad():
