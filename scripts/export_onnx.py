@@ -14,8 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cv.detection.ssd300_vgg16.infer import PRETRAINED_URL_ENV, load_model  # noqa: E402
-from cv.detection.ssd300_vgg16.model import WEIGHTS  # noqa: E402
+from cv.detection.ssd300_vgg16.infer import load_model  # noqa: E402
+from cv.detection.ssd300_vgg16.model import weights_url  # noqa: E402
 from cv.detection.ssd300_vgg16.onnx_backend import export  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def main():
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--batch-size", type=int, default=1, help="images per run of the exported network (default 1)")
     args = p.parse_args()
-    source = os.environ.get(PRETRAINED_URL_ENV, WEIGHTS["coco"]["url"]) if args.pretrained else args.weights
+    source = weights_url("coco") if args.pretrained else args.weights
     model, _, _ = load_model(source)
     path = export(model, args.output, args.batch_size)
     print(f"wrote {path} ({os.path.getsize(path) / 2 ** 20:.0f} MB) and {path}.json")

@@ -137,3 +137,26 @@ def test_builder_rejects_what_it_cannot_do():
     with pytest.warns(UserWarning, match="only applies to pretrained weights"):
         model = ssd300_vgg16(trainable_backbone_layers=2)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_pretrained_weights_come_through_the_hub(monkeypatch, tmp_path):
+    import tarfile
+
+    from cv.detection.hub import DownloadError
+
+    flow.manual_seed(3)
+    published = ssd300_vgg16()
+    flow.save(published.state_dict(), str(tmp_path / "ssd300_vgg16"))
+    with tarfile.open(tmp_path / "ssd300_vgg16.tar.gz", "w:gz", compresslevel=1) as tar:
+        tar.add(tmp_path / "ssd300_vgg16", arcname="ssd300_vgg16")
+    monkeypatch.setenv("FLOWVISION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SSD300_VGG16_URL", f"file://{tmp_path / 'ssd300_vgg16.tar.gz'}")
+    model = ssd300_vgg16(pretrained=True)
+    for name, tensor in published.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[name].numpy(), tensor.numpy(), err_msg=name)
+    assert not any(p.requires_grad for p in model.backbone.features[0].parameters())  # conv1 frozen by default
+
+    monkeypatch.setenv("FLOWVISION_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("SSD300_VGG16_URL", f"file://{tmp_path / 'nowhere.tar.gz'}")
+    with pytest.raises(DownloadError, match="nowhere.tar.gz"):
+        ssd300_vgg16(pretrained=True)

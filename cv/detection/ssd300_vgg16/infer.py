@@ -22,13 +22,11 @@ from cv.detection import hub
 from cv.detection.coco import COCO_CATEGORIES, COCO_NUM_CLASSES, CocoDetection, load_rgb, make_loader
 from cv.detection.coco_eval import CocoEvaluator
 from cv.detection.engine import evaluate
-from cv.detection.ssd300_vgg16.model import WEIGHTS, from_state_dict
+from cv.detection.ssd300_vgg16.model import PRETRAINED_URL_ENV, from_state_dict, weights_url
 from cv.detection.ssd300_vgg16.train import DEFAULT_OUTPUT, SAMPLE_DATA
 from cv.detection.transforms import to_chw_float
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-# Where --pretrained downloads from; point it at a mirror or a local copy (file:///path/ssd300_vgg16.tar.gz).
-PRETRAINED_URL_ENV = "SSD300_VGG16_URL"
 DEFAULT_INFER_OUTPUT = os.path.join(DEFAULT_OUTPUT, "inference")
 
 
@@ -68,7 +66,7 @@ def weights_source(args):
     if args.weights and args.pretrained:
         raise SystemExit("error: give --weights or --pretrained, not both")
     if args.pretrained:
-        url = os.environ.get(PRETRAINED_URL_ENV, WEIGHTS["coco"]["url"])
+        url = weights_url("coco")
         return url, f"the published COCO weights ({url})"
     if args.weights:
         return args.weights, args.weights

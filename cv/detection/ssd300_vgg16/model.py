@@ -5,6 +5,7 @@ VGG16 of Simonyan & Zisserman (https://arxiv.org/abs/1409.1556). Module and para
 (and torchvision's) ``ssd300_vgg16``, so the zoo's checkpoint loads unchanged: 71 tensors, 35,641,826
 parameters for 91 classes.
 """
+import os
 import warnings
 
 import oneflow as flow
@@ -131,15 +132,24 @@ def freeze_vgg_stages(backbone, trainable_layers):
             p.requires_grad_(False)
 
 
-def load_weights(name, progress=True):
-    """The state dict of the published weights ``WEIGHTS[name]``, downloaded once into the flowvision cache."""
-    from flowvision.models.utils import load_state_dict_from_url
+# Where the published COCO weights are downloaded from can be changed (a mirror, or file:///path/to/the.tar.gz).
+PRETRAINED_URL_ENV = "SSD300_VGG16_URL"
 
-    url = WEIGHTS[name]["url"]
-    try:
-        return load_state_dict_from_url(url, progress=progress)
-    except Exception as e:  # the loader raises whatever urllib or tarfile raised
-        raise RuntimeError(f"could not load the '{name}' weights from {url}: {e}") from e
+
+def weights_url(name):
+    """The address of the published weights ``WEIGHTS[name]`` (for ``"coco"``, ``$SSD300_VGG16_URL`` if set)."""
+    if name == "coco":
+        return os.environ.get(PRETRAINED_URL_ENV, WEIGHTS["coco"]["url"])
+    return WEIGHTS[name]["url"]
+
+
+def load_weights(name, progress=True):
+    """The state dict of the published weights ``WEIGHTS[name]``, downloaded once into the flowvision cache with
+    :mod:`cv.detection.hub` (checksum verified where one is published, safe extraction, and a
+    ``hub.DownloadError`` saying how to place the file by hand when it cannot be fetched)."""
+    from cv.detection import hub
+
+    return flow.load(hub.resolve_weights(weights_url(name), progress=progress))
 
 
 def ssd300_vgg16(pretrained=False, progress=True, num_classes=91, pretrained_backbone=False,
