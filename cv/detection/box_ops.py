@@ -146,6 +146,28 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     return flow.tensor(kept, dtype=flow.int64, device=boxes.device)
 
 
+# Elements of one [chunk, K, K] float32 temporary in grouped_nms_numpy (2.5 MB: fits a CPU's cache).
+NMS_CHUNK_ELEMENTS = 640_000
+
+
+def _overlaps(boxes, iou_threshold):
+    """``[G, K, K]`` bool: IoU of box j and box i of each group above the threshold, tested as
+    intersection > threshold * union (no division; two empty boxes give 0 > 0: no overlap)."""
+    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+    area = (x2 - x1) * (y2 - y1)
+    inter = np.minimum(x2[:, :, None], x2[:, None, :])
+    inter -= np.maximum(x1[:, :, None], x1[:, None, :])
+    np.maximum(inter, 0, out=inter)
+    height = np.minimum(y2[:, :, None], y2[:, None, :])
+    height -= np.maximum(y1[:, :, None], y1[:, None, :])
+    np.maximum(height, 0, out=height)
+    inter *= height
+    union = area[:, :, None] + area[:, None, :]
+    union -= inter
+    union *= iou_threshold
+    return inter > union
+
+
 def grouped_nms_numpy(boxes, valid, iou_threshold):
     """Greedy NMS in each of ``G`` groups at once.
 
@@ -164,15 +186,16 @@ def grouped_nms_numpy(boxes, valid, iou_threshold):
     num_groups, k, _ = boxes.shape
     if k == 0:
         return valid.copy()
-    x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
-    area = (x2 - x1) * (y2 - y1)
-    inter_w = np.clip(np.minimum(x2[:, :, None], x2[:, None, :]) - np.maximum(x1[:, :, None], x1[:, None, :]), 0, None)
-    inter_h = np.clip(np.minimum(y2[:, :, None], y2[:, None, :]) - np.maximum(y1[:, :, None], y1[:, None, :]), 0, None)
-    inter = inter_w * inter_h
-    with np.errstate(invalid="ignore", divide="ignore"):  # two empty boxes: 0/0 = NaN, which overlaps nothing
-        iou = inter / (area[:, :, None] + area[:, None, :] - inter)
+    overlap = np.empty((num_groups, k, k), dtype=bool)
+    # A few groups at a time, so that the [chunk, K, K] temporaries stay in the CPU cache: at 90 groups x 400
+    # boxes, 0.055 s instead of 0.100 s for all at once (and no 58 MB arrays to allocate).
+    chunk = max(1, NMS_CHUNK_ELEMENTS // (k * k))
+    for start in range(0, num_groups, chunk):
+        overlap[start:start + chunk] = _overlaps(boxes[start:start + chunk], iou_threshold)
     # overlap[g, j, i]: box j would suppress box i (j comes first, both real, IoU above the threshold).
-    overlap = (iou > iou_threshold) & np.triu(np.ones((k, k), dtype=bool), 1) & valid[:, :, None] & valid[:, None, :]
+    overlap &= np.triu(np.ones((k, k), dtype=bool), 1)
+    overlap &= valid[:, :, None]
+    overlap &= valid[:, None, :]
     overlap = overlap.astype(np.float32)
     keep = valid.copy()
     for _ in range(k):
