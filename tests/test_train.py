@@ -234,6 +234,27 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(sample_datase
     assert [(r["epoch"], r["iter"]) for r in records if r["type"] == "train"] == [(0, 1), (1, 1)]
 
 
+def test_test_only_evaluates_given_weights_without_training(sample_dataset, tmp_path):
+    common = ["--train-subset", "2", "--val-subset", "1", "--batch-size", "2", "--epochs", "1"]
+    run(TRAIN + quick_args(sample_dataset, tmp_path / "train", *common), tmp_path)
+    weights = tmp_path / "train" / "checkpoint_epoch0000"
+    out = run(TRAIN + quick_args(sample_dataset, tmp_path / "eval", *common, "--test-only", "--weights",
+                                 str(weights)), tmp_path)
+    assert "COCO bbox evaluation: 1 images" in out and "Average Precision" in out and "epoch 0 [" not in out
+    assert sorted(os.listdir(tmp_path / "eval")) == ["args.json", "detections_test.json", "metrics.jsonl"]
+    assert [r["type"] for r in read_metrics(tmp_path / "eval" / "metrics.jsonl")] == ["eval"]
+    # Weights that do not fit (another class count) are refused, naming the file.
+    other = tmp_path / "other"
+    other.mkdir()
+    from cv.detection.ssd300_vgg16 import ssd300_vgg16
+
+    flow.save(ssd300_vgg16(num_classes=3).state_dict(), str(other / "w"))
+    bad = subprocess.run(TRAIN + quick_args(sample_dataset, tmp_path / "eval2", *common, "--test-only",
+                                            "--weights", str(other / "w")), cwd=tmp_path, capture_output=True,
+                         text=True)
+    assert bad.returncode == 1 and f"--weights {other / 'w'} does not fit this model (7 classes)" in bad.stderr
+
+
 def test_two_processes_train_identical_weights_and_only_rank0_writes(sample_dataset, tmp_path):
     out_dir, cwd = tmp_path / "out", tmp_path / "cwd"
     cwd.mkdir()

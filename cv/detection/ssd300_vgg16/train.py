@@ -184,6 +184,7 @@ def main(args):
                          os.path.join(args.output_dir, "detections_test.json") if dist.is_main() else None)
         if metrics:
             metrics.write({"type": "eval", "epoch": state["epoch"], "test_only": True, **stats})
+            metrics.close()
         return stats
 
     dist.print0(f"training on {len(train_set)} images ({args.data_path}), {train_set.num_classes - 1} classes, "
