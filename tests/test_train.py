@@ -217,6 +217,30 @@ def test_demo_schedule_without_data_and_flags_override(monkeypatch, tmp_path):
     assert args.pretrained_backbone and args.warmup_iters == 1000
 
 
+def test_optimizer_flags_reach_the_optimizer(tmp_path):
+    from cv.detection.ssd300_vgg16 import train
+
+    parser = train.get_args_parser()
+    args = train.resolve(parser.parse_args(["--data-path", str(tmp_path), "--lr", "0.004", "--batch-size", "8",
+                                            "--momentum", "0.8", "--weight-decay", "0.001"]), parser)
+    model = tiny_ssd()
+    model.backbone.stem[0].weight.requires_grad_(False)
+    optimizer, base_lr = train.build_optimizer(model, args, world_size=2)
+    assert base_lr == pytest.approx(0.004 * 16 / 32)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (pytest.approx(0.002), 0.8, 0.001)
+    assert len(group.parameters) == len(list(model.parameters())) - 1  # frozen parameters are left out
+
+
+def test_keep_checkpoints_flag_prunes_old_checkpoints(sample_dataset, tmp_path):
+    run(TRAIN + quick_args(sample_dataset, tmp_path / "out", "--train-subset", "1", "--val-subset", "1",
+                           "--batch-size", "1", "--epochs", "3", "--eval-every", "100", "--keep-checkpoints", "1"),
+        tmp_path)
+    # The newest, plus the best by AP (the only evaluated epoch is the last, so it is both).
+    assert sorted(d for d in os.listdir(tmp_path / "out") if d.startswith("checkpoint_epoch")) == [
+        "checkpoint_epoch0002"]
+
+
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(sample_dataset, tmp_path):
     common = ["--train-subset", "2", "--val-subset", "1", "--batch-size", "2", "--eval-every", "100"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

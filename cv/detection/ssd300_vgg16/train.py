@@ -107,6 +107,15 @@ def resolve(args, parser):
     return args
 
 
+def build_optimizer(model, args, world_size):
+    """``(SGD over the trainable parameters, base lr)``: ``--lr`` is for a global batch of
+    ``LR_REFERENCE_BATCH`` and scales linearly with the actual one (``--batch-size`` x processes)."""
+    base_lr = args.lr * args.batch_size * world_size / LR_REFERENCE_BATCH
+    optimizer = flow.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=base_lr,
+                               momentum=args.momentum, weight_decay=args.weight_decay)
+    return optimizer, base_lr
+
+
 def prepare_sample_dataset(path):
     """Generate the sample dataset at ``path`` once (rank 0; the others wait)."""
     if dist.is_main() and not os.path.isfile(os.path.join(path, "annotations", "instances_val2017.json")):
@@ -157,10 +166,7 @@ def main(args):
                              f"classes): {e}")
     model.to(device)
     net = flow.nn.parallel.DistributedDataParallel(model) if dist.world_size() > 1 else model
-    global_batch = args.batch_size * dist.world_size()
-    base_lr = args.lr * global_batch / LR_REFERENCE_BATCH
-    optimizer = flow.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=base_lr,
-                               momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer, base_lr = build_optimizer(model, args, dist.world_size())
     scaler = DynamicLossScaler() if args.amp else None
     state = {"iteration": 0, "epoch": -1}
 
