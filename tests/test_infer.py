@@ -145,6 +145,11 @@ def test_published_weights_over_http_and_file_url_detect_what_the_checkpoint_doe
     assert "weights: the published COCO weights (file://" in res.stdout
     for other in ("b", "c"):
         assert_same_detections(detections(tmp_path / "a"), detections(tmp_path / other))
+    # A checksum that does not match: one clear error, and nothing left in the cache.
+    bad = run(["bash", INFER_SH, "--weights", f"file://{tmp_path / 'zoo' / 'ssd300_vgg16.tar.gz'}", "--sha256",
+               "0" * 64, *common], cwd=tmp_path, env=env_with_cache(tmp_path / "cache3"), expect=1)
+    assert "error:" in bad.stderr and "checksum" in bad.stderr and "Traceback" not in bad.stderr
+    assert not os.path.exists(tmp_path / "cache3") or os.listdir(tmp_path / "cache3") == []
 
 
 def test_coco_eval_mode_prints_the_ap_table(trained, sample_dataset, tmp_path):

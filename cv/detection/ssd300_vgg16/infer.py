@@ -81,12 +81,15 @@ def weights_source(args):
 def load_model(source, sha256=None, device="cpu"):
     """``(model in eval mode, label_names, meta)`` from a checkpoint directory, a zoo directory, or a tarball
     path/URL. ``meta`` is the training metadata of our checkpoints (None for bare weights)."""
-    if os.path.isdir(source):
-        payload = ckpt.load_checkpoint(source)
-    elif os.path.isfile(source) or "://" in source:
-        payload = ckpt.load_checkpoint(hub.resolve_weights(source, sha256=sha256))
-    else:
-        raise SystemExit(f"error: --weights {source}: no such file or directory")
+    try:
+        if os.path.isdir(source):
+            payload = ckpt.load_checkpoint(source)
+        elif os.path.isfile(source) or "://" in source:
+            payload = ckpt.load_checkpoint(hub.resolve_weights(source, sha256=sha256))
+        else:
+            raise SystemExit(f"error: --weights {source}: no such file or directory")
+    except (hub.DownloadError, ValueError) as e:  # messages that already name the source and what to do
+        raise SystemExit(f"error: {e}") from None
     state = ckpt.model_state(payload)
     meta = payload.get("meta") if isinstance(payload, dict) and "model" in payload else None
     try:
