@@ -177,7 +177,8 @@ def test_download_extract_load_then_offline_from_cache(served, isolated, capsys)
     url = served.url(f"{NAME}.tar.gz")
     path = hub.resolve_weights(url, progress=False)
     assert path == str(isolated / NAME)
-    assert sorted(os.listdir(isolated)) == [NAME, f"{NAME}.tar.gz"]  # no .part or staging leftovers
+    # The tarball, the URL it came from, the extraction: no .part or staging leftovers.
+    assert sorted(os.listdir(isolated)) == [NAME, f"{NAME}.tar.gz", f"{NAME}.tar.gz.source"]
     assert hashlib.sha256((isolated / f"{NAME}.tar.gz").read_bytes()).hexdigest() == sha
     assert flow.load(path)["w"].numpy().tolist() == [1.0, 1.0, 1.0]
     assert "downloaded" in capsys.readouterr().out
@@ -521,3 +522,41 @@ def test_safe_extract_corrupt_archive(tmp_path):
     (tmp_path / "junk.tar.gz").write_bytes(b"not a tarball")
     with pytest.raises(ValueError, match="readable"):
         hub.safe_extract(str(tmp_path / "junk.tar.gz"), str(dest))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Same name, other weights: a cached copy stands in only for what it was made from
+
+
+def load_value(directory):
+    import oneflow as flow
+
+    return float(flow.load(directory)["w"][0])
+
+
+def test_a_local_tarball_replaces_an_extraction_of_another_tarball_with_its_name(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    a, _ = make_weights_tarball(first, value=1.0)
+    b, b_sha = make_weights_tarball(second, value=2.0)
+    assert load_value(hub.resolve_weights(str(a))) == 1.0
+    d = hub.resolve_weights(str(b), sha256=b_sha)  # same top-level name "ssd300_vgg16", other weights
+    assert load_value(d) == 2.0
+    assert load_value(hub.resolve_weights(str(a))) == 1.0  # and back
+    assert not [n for n in os.listdir(os.path.dirname(d)) if n.startswith(".")]  # nothing set aside is left
+
+
+def test_a_url_does_not_get_the_cached_copy_of_another_url_with_the_same_file_name(tmp_path, served):
+    (served.root / "one").mkdir()
+    (served.root / "two").mkdir()
+    make_weights_tarball(served.root / "one", value=1.0)
+    make_weights_tarball(served.root / "two", value=2.0)
+    one, two = served.url(f"one/{NAME}.tar.gz"), served.url(f"two/{NAME}.tar.gz")
+    assert load_value(hub.resolve_weights(one)) == 1.0
+    assert load_value(hub.resolve_weights(two)) == 2.0
+    served.stop()
+    # The second URL's copy is now the cached one and serves offline; the first URL would need the network.
+    assert load_value(hub.resolve_weights(two)) == 2.0
+    with pytest.raises(hub.DownloadError):
+        hub.resolve_weights(one)

@@ -106,6 +106,10 @@ def test_infer_errors_name_what_is_wrong(trained, tmp_path):
     assert f"--images {tmp_path / 'nope.jpg'}: no such file or directory" in res.stderr
     res = run(["bash", INFER_SH, "--weights", str(tmp_path / "missing")], cwd=tmp_path, expect=1)
     assert "no such file or directory" in res.stderr
+    res = run(["bash", INFER_SH, "--weights", "s3://bucket/ssd300_vgg16.tar.gz"], cwd=tmp_path, expect=1)
+    assert "error: no such weights directory, tarball or URL: s3://" in res.stderr and "Traceback" not in res.stderr
+    res = run(["bash", INFER_SH, "--weights", str(trained), "--sha256", "0" * 64], cwd=tmp_path, expect=1)
+    assert f"error: --sha256 checks a tarball; {trained} is a directory" in res.stderr
 
 
 def test_without_weights_it_says_how_to_get_them(monkeypatch, tmp_path):
@@ -138,7 +142,8 @@ def test_published_weights_over_http_and_file_url_detect_what_the_checkpoint_doe
     finally:
         server.shutdown()
     assert f"weights: {url}" in res.stdout
-    assert sorted(os.listdir(tmp_path / "cache")) == ["ssd300_vgg16", "ssd300_vgg16.tar.gz"]
+    assert sorted(os.listdir(tmp_path / "cache")) == ["ssd300_vgg16", "ssd300_vgg16.tar.gz",
+                                                      "ssd300_vgg16.tar.gz.source"]
     # --pretrained follows $SSD300_VGG16_URL (here a file:// URL: a local mirror).
     env = dict(env_with_cache(tmp_path / "cache2"), SSD300_VGG16_URL=f"file://{tmp_path / 'zoo' / 'ssd300_vgg16.tar.gz'}")
     res = run(["bash", INFER_SH, "--pretrained", "--output-dir", str(tmp_path / "c"), *common], cwd=tmp_path, env=env)

@@ -19,6 +19,8 @@ import shutil
 import numpy as np
 import oneflow as flow
 
+from cv.detection.hub import is_weights_dir
+
 INDEX = "checkpoints.json"
 PREFIX = "checkpoint_epoch"
 
@@ -90,7 +92,7 @@ def load_checkpoint(path):
     """The payload saved at ``path``; errors name the path."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path} (a checkpoint is a directory written by flow.save)")
-    if not os.path.isfile(os.path.join(path, "pickled_data")):
+    if not is_weights_dir(path):
         raise ValueError(f"{path} is not a checkpoint: it has no 'pickled_data' (a flow.save directory has one)")
     try:
         return flow.load(path)

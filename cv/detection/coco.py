@@ -42,6 +42,8 @@ COCO_CATEGORIES = {
     87: "scissors", 88: "teddy bear", 89: "hair drier", 90: "toothbrush",
 }
 COCO_NUM_CLASSES = 91
+# Names by label for the 91-way COCO head (background first; unused ids "N/A").
+COCO_LABEL_NAMES = ["__background__"] + [COCO_CATEGORIES.get(i, "N/A") for i in range(1, COCO_NUM_CLASSES)]
 
 
 def label_mapping(categories, mode="auto"):
@@ -58,8 +60,7 @@ def label_mapping(categories, mode="auto"):
         unknown = sorted(set(cats) - set(range(1, COCO_NUM_CLASSES)))
         if unknown:
             raise ValueError(f"category ids {unknown} are outside COCO's 1..90: use contiguous labels")
-        names = ["__background__"] + [COCO_CATEGORIES.get(i, cats.get(i, "N/A")) for i in range(1, COCO_NUM_CLASSES)]
-        return {i: i for i in sorted(cats)}, names, COCO_NUM_CLASSES
+        return {i: i for i in sorted(cats)}, list(COCO_LABEL_NAMES), COCO_NUM_CLASSES
     if mode != "contiguous":
         raise ValueError(f"label mode must be 'auto', 'coco' or 'contiguous', got {mode!r}")
     ids = sorted(cats)

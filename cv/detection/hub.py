@@ -17,7 +17,9 @@ The cache layout is flowvision's, so both share one cache and a download by eith
 Entry point: :func:`resolve_weights` turns a directory, a tarball path or an ``http(s)://`` / ``file://`` URL into
 a local directory that ``flow.load`` accepts. oneflow is not imported here: fetching needs no tensors.
 """
+import contextlib
 import hashlib
+import json
 import http.client
 import os
 import re
@@ -451,25 +453,54 @@ def _say(message):
     print(f"hub: {message}", flush=True)
 
 
-def _extract_into_cache(tar_path, cache, label):
-    """Extract into the cache, or reuse an existing extraction of the same top-level name."""
+# Provenance, so that a cached copy stands in only for what it was made from: every extraction holds MARKER
+# (the tarball's SHA-256 and source), every downloaded tarball has a SOURCE sidecar (its URL). Names collide
+# easily: the zoo's COCO weights and a user's own tarball are both "ssd300_vgg16". flow.load and flowvision's
+# loader ignore the extra file.
+MARKER = ".source.json"
+SOURCE = ".source"
+
+
+def _marker(directory):
+    try:
+        with open(os.path.join(directory, MARKER)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _extract_into_cache(tar_path, cache, label, source, digest=None):
+    """The extraction of ``tar_path`` in the cache: an existing one of the same top-level name is reused only if
+    its marker says it came from this very tarball (same SHA-256); otherwise it is replaced."""
+    digest = digest or file_sha256(tar_path)
     top = tar_top_level(tar_path)
     existing = os.path.join(cache, top)
-    if is_weights_dir(existing):
+    if is_weights_dir(existing) and (_marker(existing) or {}).get("sha256") == digest:
         _say(f"{label}; using the extraction found in cache: {existing}")
         return existing
+    if os.path.lexists(existing):
+        # Made from another tarball of the same name (or by hand, or by another tool): set it aside, extract
+        # ours, then delete it, so that the cache never holds a half-written directory under the real name.
+        aside = os.path.join(cache, f".{top}.replaced-{os.getpid()}")
+        os.rename(existing, aside)
+        _say(f"{existing} came from another tarball: replacing it")
+    else:
+        aside = None
     try:
         extracted = safe_extract(tar_path, cache)
     except FileExistsError:
-        if is_weights_dir(existing):  # another process extracted it meanwhile
-            _say(f"{label}; using the extraction found in cache: {existing}")
-            return existing
-        raise ValueError(f"{existing} exists but holds no flow.save weights (no pickled_data); remove it and "
-                         "retry") from None
+        if is_weights_dir(existing) and (_marker(existing) or {}).get("sha256") == digest:
+            return existing  # another process extracted the same tarball meanwhile
+        raise ValueError(f"{existing} appeared while extracting {tar_path}; retry") from None
+    finally:
+        if aside:
+            shutil.rmtree(aside, ignore_errors=True)
     if not is_weights_dir(extracted):
         shutil.rmtree(extracted, ignore_errors=True)  # do not leave a useless directory to be found next time
         raise ValueError(f"{tar_path} does not hold flow.save weights: no pickled_data in its top-level "
                          f"directory {top!r}")
+    with open(os.path.join(extracted, MARKER), "w") as f:
+        json.dump({"sha256": digest, "source": source}, f)
     _say(f"{label}; extracted to {extracted}")
     return extracted
 
@@ -484,7 +515,9 @@ def _discard_cached(tar_path, cache, stem_dir):
     for d in doomed:
         if os.path.isdir(d) and not os.path.islink(d):
             shutil.rmtree(d, ignore_errors=True)
-    os.remove(tar_path)
+    for f in (tar_path, tar_path + SOURCE):
+        with contextlib.suppress(FileNotFoundError):  # another process may have removed it first
+            os.remove(f)
 
 
 def _resolve_url(url, sha256, progress):
@@ -505,27 +538,35 @@ def _resolve_url(url, sha256, progress):
             _say(f"cached {tar_path} has SHA-256 {got}, expected {user_sha}; downloading it again")
             _discard_cached(tar_path, cache, stem_dir)
 
-    # An existing extraction is used as is, without any network access (offline use after the first download).
-    # A directory cannot be checksummed; only the tarball it came from can (above).
-    if is_weights_dir(stem_dir):
+    # A cached tarball downloaded from another address is not this URL's, whatever its name.
+    if os.path.isfile(tar_path):
+        try:
+            with open(tar_path + SOURCE) as f:
+                cached_from = f.read().strip()
+        except FileNotFoundError:
+            cached_from = url  # placed by hand (as our error messages suggest) or by flowvision: trusted
+        if cached_from != url:
+            _say(f"cached {tar_path} came from {cached_from}, not {url}; downloading")
+            _discard_cached(tar_path, cache, stem_dir)
+
+    # An extraction this function made from this URL (its marker says so) is used as is, without any network
+    # access: offline use after the first download. One without a marker (placed by hand, as our error messages
+    # suggest, or made by flowvision) is trusted too; one made from another source is not.
+    marker = _marker(stem_dir) or {}
+    if is_weights_dir(stem_dir) and marker.get("source", url) == url and \
+            (user_sha is None or marker.get("sha256", user_sha) == user_sha):
         _say(f"using weights found in cache: {stem_dir} (for {url})")
         return stem_dir
 
-    label = None
+    label, got, expected = None, None, None
     if os.path.isfile(tar_path):
-        # The tarball's top-level directory may be named differently from the file: look there too, still offline.
         try:
-            top_dir = os.path.join(cache, tar_top_level(tar_path))
+            tar_top_level(tar_path)
         except ValueError as e:
             # Our downloads are renamed into place only when complete, so this is a file placed by hand or
             # damaged on disk: fetch a good copy rather than fail on it forever.
             _say(f"cached {tar_path} is unusable ({e}); downloading it again")
             _discard_cached(tar_path, cache, stem_dir)
-            top_dir = None
-        if top_dir is not None and is_weights_dir(top_dir):
-            _say(f"using weights found in cache: {top_dir} (for {url})")
-            return top_dir
-    expected = None
     if os.path.isfile(tar_path):
         expected = known_sha256(url, user_sha)
         got = file_sha256(tar_path) if expected is not None else None
@@ -539,26 +580,31 @@ def _resolve_url(url, sha256, progress):
             expected = known_sha256(url, user_sha)
         sys.stderr.write(f"Downloading {url} to {tar_path}\n")
         download(url, tar_path, expected, progress)
+        with open(tar_path + SOURCE, "w") as f:
+            f.write(url + "\n")
         label = f"downloaded {url} to {tar_path}" + (" (checksum verified)" if expected else " (no checksum known)")
-    return _extract_into_cache(tar_path, cache, label)
+    return _extract_into_cache(tar_path, cache, label, url, got if label.startswith("found") else None)
 
 
 def resolve_weights(source, sha256=None, progress=True):
     """A local directory of ``flow.save``d weights (ready for ``flow.load``) for ``source``, which is one of:
 
     * a directory holding ``pickled_data``: returned as is (a directory without it: ValueError naming it);
-    * a local tarball (``.tar.gz``): extracted into :func:`cache_dir` as ``<cache>/<top-level dir>/``, or that
-      directory reused if it already holds weights; ``sha256``, if given, must match the file (else ValueError);
+    * a local tarball (``.tar.gz``): extracted into :func:`cache_dir` as ``<cache>/<top-level dir>/`` (an existing
+      extraction is reused only if its marker names this tarball's SHA-256, else replaced); ``sha256``, if given,
+      must match the file (else ValueError);
     * an ``http(s)://`` or ``file://`` URL of a tarball: downloaded to ``<cache>/<file name>`` unless already
       there, verified against :func:`known_sha256` (the caller's ``sha256``, else the ``<url>.sha256`` published
       beside it; a cached tarball that does not match is downloaded again), then extracted to
       ``<cache>/<top-level dir>/``. An extraction already at ``<cache>/<file name up to the first dot>/``
-      (flowvision's convention, so either tool's download serves both) is used without any network access.
+      (flowvision's convention, so either tool's download serves both) is used without any network access, unless
+      its marker shows it was made from another source (or does not match ``sha256``); a cached tarball that was
+      downloaded from another URL is downloaded again.
 
     Prints one line saying what was used. Raises DownloadError (network, HTTP, checksum), ValueError (unsafe or
     unusable archive, not weights), FileNotFoundError (no such path).
     """
-    if isinstance(source, str) and _is_url(source):
+    if _is_url(source):
         return _resolve_url(source, sha256, progress)
     path = os.path.abspath(os.path.expanduser(os.fspath(source)))
     if os.path.isdir(path):
@@ -569,8 +615,7 @@ def resolve_weights(source, sha256=None, progress=True):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such weights directory, tarball or URL: {source}")
     expected = _normalize_sha256(sha256)
-    if expected is not None:
-        got = file_sha256(path)
-        if got != expected:
-            raise ValueError(f"checksum mismatch for {path}: expected SHA-256 {expected}, got {got}")
-    return _extract_into_cache(path, cache_dir(), f"using tarball {path}")
+    got = file_sha256(path)
+    if expected is not None and got != expected:
+        raise ValueError(f"checksum mismatch for {path}: expected SHA-256 {expected}, got {got}")
+    return _extract_into_cache(path, cache_dir(), f"using tarball {path}", path, got)

@@ -38,8 +38,6 @@ from cv.detection.coco_eval import STAT_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARCH = "ssd300_vgg16"
-# Always present in an SSD300-VGG16 state dict; its output channels are (default boxes per cell on the 38x38
-# map, 4) x num_classes, which is how num_classes is read off a bare state dict.
 PAPER = "https://arxiv.org/abs/1512.02325"
 BACKBONE_PAPER = "https://arxiv.org/abs/1409.1556"
 STAT_LABELS = {

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from cv.detection import checkpoint as ckpt
 from cv.detection import hub
-from cv.detection.coco import COCO_CATEGORIES, COCO_NUM_CLASSES, CocoDetection, load_rgb, make_loader
+from cv.detection.coco import COCO_LABEL_NAMES, COCO_NUM_CLASSES, CocoDetection, load_rgb, make_loader
 from cv.detection.coco_eval import CocoEvaluator
 from cv.detection.engine import evaluate
 from cv.detection.ssd300_vgg16.model import PRETRAINED_URL_ENV, from_state_dict, weights_url
@@ -81,6 +81,8 @@ def weights_source(args):
 def load_model(source, sha256=None, device="cpu"):
     """``(model in eval mode, label_names, meta)`` from a checkpoint directory, a zoo directory, or a tarball
     path/URL. ``meta`` is the training metadata of our checkpoints (None for bare weights)."""
+    if sha256 and os.path.isdir(source):
+        raise SystemExit(f"error: --sha256 checks a tarball; {source} is a directory")
     try:
         if os.path.isdir(source):
             payload = ckpt.load_checkpoint(source)
@@ -88,7 +90,7 @@ def load_model(source, sha256=None, device="cpu"):
             payload = ckpt.load_checkpoint(hub.resolve_weights(source, sha256=sha256))
         else:
             raise SystemExit(f"error: --weights {source}: no such file or directory")
-    except (hub.DownloadError, ValueError) as e:  # messages that already name the source and what to do
+    except (hub.DownloadError, ValueError, FileNotFoundError) as e:  # messages that name the source
         raise SystemExit(f"error: {e}") from None
     state = ckpt.model_state(payload)
     meta = payload.get("meta") if isinstance(payload, dict) and "model" in payload else None
@@ -100,7 +102,7 @@ def load_model(source, sha256=None, device="cpu"):
     if meta and meta.get("label_names"):
         names = list(meta["label_names"])
     elif num_classes == COCO_NUM_CLASSES:
-        names = ["__background__"] + [COCO_CATEGORIES.get(i, "N/A") for i in range(1, COCO_NUM_CLASSES)]
+        names = list(COCO_LABEL_NAMES)
     else:
         names = ["__background__"] + [f"class {i}" for i in range(1, num_classes)]
     return model.to(device).eval(), names, meta
