@@ -19,6 +19,7 @@ import shutil
 import numpy as np
 import oneflow as flow
 
+from cv.detection.atomic import write_json_atomically
 from cv.detection.hub import is_weights_dir
 
 INDEX = "checkpoints.json"
@@ -44,12 +45,7 @@ def read_index(output_dir):
 
 
 def _write_index(output_dir, index):
-    tmp = os.path.join(output_dir, f".{INDEX}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(index, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(output_dir, INDEX))
+    write_json_atomically(os.path.join(output_dir, INDEX), index, indent=1)
 
 
 def save_checkpoint(output_dir, epoch, payload, ap=None, keep=3):

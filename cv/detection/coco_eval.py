@@ -14,12 +14,12 @@ the single-process evaluation also work on plain numpy arrays.
 """
 import contextlib
 import io
-import json
 import os
 import pickle
-import tempfile
 
 import numpy as np
+
+from cv.detection.atomic import write_json_atomically
 
 # Names of ``COCOeval.stats``, in pycocotools' order (IoU=.50:.95 unless named; s/m/l are the area ranges;
 # AR1/AR10/AR100 are the recall with at most 1/10/100 detections per image).
@@ -261,7 +261,7 @@ class CocoEvaluator:
             return None
         results = _results_from_arrays(self._per_image)
         if output_json is not None:
-            _write_json_atomically(output_json, results)
+            write_json_atomically(output_json, results)
         image_ids = sorted(self._per_image)
         note = f" ({self.duplicates} repeated image(s) ignored)" if self.duplicates else ""
         print(f"COCO bbox evaluation: {len(image_ids)} images, {len(results)} detections{note}")
@@ -283,22 +283,3 @@ class CocoEvaluator:
             coco_eval.accumulate()
         coco_eval.summarize()
         return {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
-
-
-def _write_json_atomically(path, obj):
-    """Write ``obj`` as JSON to ``path`` so that readers never see a partial file: a temporary file in the same
-    directory (a rename within one file system is atomic), flushed to disk, then renamed over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates it private; the results are meant to be shared like any output
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise

@@ -17,12 +17,13 @@ import oneflow as flow
 
 from cv.detection import checkpoint as ckpt
 from cv.detection import distributed as dist
+from cv.detection import hub
 from cv.detection.coco import CocoDetection, make_loader
 from cv.detection.coco_eval import CocoEvaluator
 from cv.detection.engine import (DynamicLossScaler, MetricsFile, NonFiniteLossError, evaluate, learning_rate,
                                  read_metrics, train_one_epoch)
 from cv.detection.plot import plot_metrics
-from cv.detection.ssd300_vgg16.model import ssd300_vgg16
+from cv.detection.ssd300_vgg16.model import ssd300_vgg16, weights_url
 from cv.detection.transforms import ssd_train_transform
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -156,6 +157,12 @@ def main(args):
             json.dump(vars(args), f, indent=1)
 
     train_set, val_set, train_loader, val_loader = build_data(args)
+    if args.pretrained_backbone:
+        # Rank 0 downloads and extracts the ImageNet weights; the others then find them in the cache, instead of
+        # every rank writing the same files at once.
+        if dist.is_main():
+            hub.resolve_weights(weights_url("vgg16_backbone"))
+        dist.barrier()
     model = ssd300_vgg16(num_classes=train_set.num_classes, pretrained_backbone=args.pretrained_backbone)
     if args.weights:
         state = ckpt.model_state(ckpt.load_checkpoint(args.weights))
