@@ -414,13 +414,18 @@ def safe_extract(tar_path, dest_root):
                 # Belt and braces: vetting already excludes escapes, and no links are ever created.
                 if os.path.commonpath([real_staging, os.path.realpath(target)]) != real_staging:
                     raise ValueError(f"unsafe tarball {tar_path}: member {member.name!r} leaves the destination")
-                if member.isdir():
-                    os.makedirs(target, exist_ok=True)
-                    continue
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                source = tar.extractfile(member)
-                with source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out, CHUNK)
+                try:
+                    if member.isdir():
+                        os.makedirs(target, exist_ok=True)
+                        continue
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    source = tar.extractfile(member)
+                    with source, open(target, "wb") as out:
+                        shutil.copyfileobj(source, out, CHUNK)
+                except (FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+                    # Only a malformed archive gets here (staging is ours alone): a file and a directory at one path.
+                    raise ValueError(f"malformed tarball {tar_path}: member {member.name!r} conflicts with an "
+                                     f"earlier member ({e.strerror})") from None
             try:
                 # rename(2) would silently replace an empty directory that appeared meanwhile; the check above
                 # covers the common case, and a non-empty one raises OSError here.
