@@ -157,7 +157,7 @@ def evaluate(model, loader, evaluator, device, output_json=None):
     model.eval()
     start, count = time.perf_counter(), 0
     for images, targets in loader:
-        images, targets = to_tensors(images, targets, device)
+        images, _ = to_tensors(images, [], device)  # only the image ids of the targets are needed here
         detections = model(images)
         evaluator.update([t["image_id"] for t in targets], detections)
         count += len(images)

@@ -588,7 +588,8 @@ def _resolve_url(url, sha256, progress):
         with open(tar_path + SOURCE, "w") as f:
             f.write(url + "\n")
         label = f"downloaded {url} to {tar_path}" + (" (checksum verified)" if expected else " (no checksum known)")
-    return _extract_into_cache(tar_path, cache, label, url, got if label.startswith("found") else None)
+        got = expected  # download() verified the file against it (None: unknown, hashed for the marker)
+    return _extract_into_cache(tar_path, cache, label, url, got)
 
 
 def resolve_weights(source, sha256=None, progress=True):
