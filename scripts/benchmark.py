@@ -159,7 +159,7 @@ def bench_infer(args):
     from cv.detection.coco import load_rgb
     from cv.detection.ssd300_vgg16 import ssd300_vgg16
     from cv.detection.ssd300_vgg16.infer import load_model
-    from cv.detection.ssd300_vgg16.onnx_backend import OnnxRuntimeSSD, cached_export, network_graph
+    from cv.detection.onnx_backend import OnnxRuntimeSSD, cached_export, network_graph
     from cv.detection.transforms import to_chw_float
 
     flow.manual_seed(0)

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cv.detection.ssd300_vgg16.infer import load_model  # noqa: E402
 from cv.detection.ssd300_vgg16.model import weights_url  # noqa: E402
-from cv.detection.ssd300_vgg16.onnx_backend import export  # noqa: E402
+from cv.detection.onnx_backend import export  # noqa: E402
 
 
 def main():

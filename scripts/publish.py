@@ -1,4 +1,4 @@
-"""Publish a training checkpoint as the model zoo's artefacts (see :mod:`cv.detection.publish`).
+"""Publish a training checkpoint as the model zoo's artefacts (see :mod:`cv.detection.ssd300_vgg16.publish`).
 
     .venv/bin/python scripts/publish.py CHECKPOINT --output-dir DIR [--name ssd300_vgg16]
 
@@ -8,28 +8,24 @@ model card NAME.json / NAME.md, then prints where they are. Works from any direc
 """
 import argparse
 import os
-import sys
 import time
 
-# Make `cv` importable when the script is run by path from anywhere (it lives in <repo>/scripts/).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cv.detection.publish import ARCH, PublishError, publish  # noqa: E402
+from cv.detection import cli
+from cv.detection.ssd300_vgg16.publish import ARCH, publish
 
 
-def main(argv=None):
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="checkpoint directory (train.py's) or bare state-dict directory")
     parser.add_argument("-o", "--output-dir", required=True, help="where to write the artefacts (created)")
     parser.add_argument("--name", default=ARCH, help=f"artefact and top-level directory name (default {ARCH})")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(args):
     start = time.perf_counter()
-    try:
-        card = publish(args.checkpoint, args.output_dir, name=args.name)
-    except (FileNotFoundError, PublishError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    cli.writable_dir(args.output_dir, "--output-dir")
+    card = publish(args.checkpoint, args.output_dir, name=args.name)
     paths, art, ev = card["paths"], card["artifact"], card["evaluation"]
     print(f"published {os.path.abspath(args.checkpoint)} in {time.perf_counter() - start:.1f} s:")
     print(f"  weights  {os.path.abspath(paths['tarball'])} ({art['bytes']:,} bytes, {card['parameters']:,} "
@@ -40,8 +36,7 @@ def main(argv=None):
           "  box AP   unknown (the checkpoint records no evaluation)")
     if card["unknown"]:
         print(f"  unknown  {', '.join(card['unknown'])}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main, get_args_parser())

@@ -1,5 +1,17 @@
-"""Shared fixtures. The full SSD300 is slow on CPU (~2.5 s per image forward), so tests of mechanics use
-:func:`tiny_ssd`, a small model built from the same classes, and the real model is built once per session."""
+"""Shared fixtures and helpers. The full SSD300 is slow on CPU (~2.5 s per image forward), so tests of mechanics
+use :func:`tiny_ssd`, a small model built from the same classes, and the real model is built once per session.
+
+Tests that run the programs end to end in subprocesses (each pays a OneFlow start-up and SSD300's CPU cost) are
+marked ``slow``: ``bash scripts/test.sh -m "not slow"`` is the quick inner loop; CI runs everything.
+"""
+import contextlib
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import uuid
+
 import oneflow as flow
 import pytest
 from oneflow import nn
@@ -60,3 +72,95 @@ def sample_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample_coco")
     make_sample_dataset(root, seed=0, num_train=40, num_val=12)
     return root
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_SH = os.path.join(REPO, "cv", "detection", "ssd300_vgg16", "train.sh")
+INFER_SH = os.path.join(REPO, "cv", "detection", "ssd300_vgg16", "infer.sh")
+TRAIN = [sys.executable, "-m", "cv.detection.ssd300_vgg16.train"]
+
+
+def run(cmd, cwd, env=None, expect=0, timeout=900):
+    """Run ``cmd``; assert its exit status is ``expect`` (showing the output's end otherwise); the result."""
+    out = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def quick_args(data, out, *extra):
+    """Training flags for a quick CPU run on ``data`` into ``out``."""
+    return ["--data-path", str(data), "--output-dir", str(out), "--workers", "0", "--no-pretrained-backbone",
+            "--print-freq", "1", *extra]
+
+
+def last_line(text):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+class Payload:
+    """A pickle that runs ``touch MARKER`` when unpickled, as a crafted checkpoint would run anything."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant_payload(directory, marker):
+    """Make the flow.save directory ``directory`` malicious: its pickled_data runs ``touch marker`` if unpickled
+    by anything but our safe loader (the tensor folders are left as they were)."""
+    with open(os.path.join(directory, "pickled_data"), "wb") as f:
+        pickle.dump({"protocol_version": 1, "data": {"model": Payload(marker)}}, f)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``make(megabytes)``: a folder on a tmpfs of that size (a disk that fills up), unmounted afterwards. Skips
+    where mounting is not permitted (mounting needs root)."""
+    mounts = []
+
+    def make(megabytes):
+        path = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+        mounts.append(path)
+        return path
+
+    yield make
+    for path in mounts:
+        with contextlib.suppress(Exception):
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def pycocotools_stats(gt_dataset, results, image_ids):
+    """The 12 COCO numbers that pycocotools' own COCOeval computes for ``results`` (a list, or a results file)
+    on ``image_ids`` of ``gt_dataset``: the reference our evaluator (faster-coco-eval) is checked against."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from cv.detection.coco_eval import STAT_NAMES
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_dataset
+        gt.createIndex()
+        evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluation.params.imgIds = sorted(image_ids)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return dict(zip(STAT_NAMES, (float(v) for v in evaluation.stats)))

@@ -140,3 +140,27 @@ def test_batched_nms_keeps_categories_apart():
 def test_clip_boxes_to_image():
     clipped = box_ops.clip_boxes_to_image(T([[-5, -5, 400, 200], [10, 20, 30, 40]]), (100, 300)).numpy()
     np.testing.assert_array_equal(clipped, [[0, 0, 300, 100], [10, 20, 30, 40]])
+
+
+def test_the_cuda_branch_keeps_the_tie_order_whatever_the_kernel_does_with_ties():
+    """batched_nms on CUDA hands the work to flow.nms (no GPU here). Whatever that kernel does with equal scores,
+    the result must be the documented one: here a stand-in kernel that breaks ties the *wrong* way (higher index
+    first) must give, through kernel_nms, exactly what the CPU path gives."""
+    def kernel(boxes, scores, iou_threshold):  # greedy NMS visiting equal scores in reverse index order
+        b, s = boxes.numpy(), scores.numpy()
+        kept = []
+        for i in sorted(range(len(s)), key=lambda i: (-s[i], -i)):
+            if all(iou_1to1(b[i], b[j]) <= iou_threshold for j in kept):
+                kept.append(i)
+        return T(kept, flow.int64)
+
+    rng = np.random.default_rng(6)
+    boxes = random_boxes(rng, 300, extent=60)
+    scores = rng.choice([0.2, 0.5, 0.9], 300).astype(np.float32)  # many ties
+    cats = rng.integers(0, 4, 300)
+    expected = box_ops.batched_nms(T(boxes), T(scores), T(cats, flow.int64), 0.45).numpy().tolist()
+    through = box_ops.kernel_nms(T(boxes), T(scores), T(cats, flow.int64), 0.45, kernel).numpy().tolist()
+    assert through == expected
+    # Without kernel_nms's ordering, this kernel would give another answer: the test can tell.
+    shifted = boxes + (cats * (boxes.max() + 1))[:, None].astype(np.float32)
+    assert kernel(T(shifted), T(scores), 0.45).numpy().tolist() != expected

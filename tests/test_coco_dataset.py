@@ -189,28 +189,34 @@ def test_loader_batches_variable_box_counts_with_workers(tmp_path):
     assert tuple(images[0].shape) == (3, 33, 40) and targets[1]["labels"].numpy().tolist() == [1] * 4
 
 
-def test_distributed_sampler_shards_and_reshuffles_per_epoch(tmp_path):
-    from oneflow.utils.data import DistributedSampler
-
+def test_loader_order_depends_on_seed_and_epoch_only_and_can_begin_part_way(tmp_path):
+    """What resume relies on: an epoch's batches depend on the seed and the epoch, not on what the loader did
+    before, and an epoch begun at batch k (a run resumed mid-epoch) yields exactly the rest of them."""
     root = write_dataset(tmp_path, [(i, f"{i}.jpg", rgb(), (60, 40)) for i in range(1, 12)],
                          [{"image_id": i, "category_id": 3, "bbox": [1, 1, 5, 5]} for i in range(1, 12)])
     ds = CocoDetection(root, "train")
-    shards = {}
-    for epoch in (0, 1):
-        for rank in (0, 1):
-            sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=3)
-            sampler.set_epoch(epoch)
-            shards[epoch, rank] = list(sampler)
-    for epoch in (0, 1):
-        # 11 images over 2 ranks: 6 each, one repeated as padding; together they cover everything.
-        assert len(shards[epoch, 0]) == len(shards[epoch, 1]) == 6
-        assert set(shards[epoch, 0]) | set(shards[epoch, 1]) == set(range(11))
-    assert shards[0, 0] != shards[1, 0]
+    loader = coco.make_loader(ds, batch_size=2, workers=0, shuffle=True, drop_last=True, seed=3)
+
+    def epoch(e, start=0):
+        coco.set_epoch(loader, e, start)
+        return [[t["image_id"] for t in targets] for _, targets in loader]
+
+    first, second = epoch(0), epoch(1)
+    assert len(first) == len(second) == 5 and first != second  # 11 images, batches of 2, the last one dropped
+    assert sorted(sum(first, [])) == sorted(set(sum(first, []))) and len(set(sum(first, []))) == 10
+    assert epoch(0) == first and epoch(1) == second  # the same again, whatever came before
+    assert epoch(1, start=2) == second[2:] and len(loader) == 3
+    assert epoch(1) == second and len(loader) == 5  # the next epoch starts at the beginning again
+    other = coco.make_loader(ds, batch_size=2, workers=0, shuffle=True, drop_last=True, seed=4)
+    coco.set_epoch(other, 0)
+    assert [[t["image_id"] for t in targets] for _, targets in other] != first
 
 
 def test_ground_truth_for_evaluation(tmp_path):
     root = write_dataset(tmp_path, [(5, "a.jpg", rgb(), (60, 40))],
                          [{"image_id": 5, "category_id": 7, "bbox": [10, 5, 20, 10]}])
-    gt = CocoDetection(root, "train", train=False).coco()
+    from cv.detection.coco_eval import ground_truth
+
+    gt = ground_truth(CocoDetection(root, "train", train=False).dataset)
     assert gt.getImgIds() == [5] and gt.getCatIds() == [3, 7, 12]
     assert gt.loadAnns(gt.getAnnIds(imgIds=[5]))[0]["bbox"] == [10, 5, 20, 10]

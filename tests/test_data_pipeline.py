@@ -18,7 +18,7 @@ def test_sample_dataset_reads_with_contiguous_labels(sample_dataset):
 
 def test_ground_truth_as_detections_scores_ap_1_end_to_end(sample_dataset, tmp_path, capsys):
     ds = CocoDetection(sample_dataset, "val")
-    evaluator = CocoEvaluator(ds.coco(), ds.label_to_category_id)
+    evaluator = CocoEvaluator(ds.dataset, ds.label_to_category_id)
     for i in range(len(ds)):
         _, t = ds[i]
         evaluator.update([t["image_id"]], [{"boxes": t["boxes"], "labels": t["labels"],

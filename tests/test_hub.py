@@ -3,13 +3,22 @@
 Everything runs against a local HTTP server on 127.0.0.1 (or file:// URLs) and a cache under tmp_path; the real
 home cache and any other address are never touched.
 """
+import builtins
+import errno
+import gzip
 import hashlib
 import http.server
 import io
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
+import types
+import urllib.error
 import urllib.request
 
 import pytest
@@ -82,6 +91,31 @@ class Server:
                     self.close_connection = True
                 elif self.path.startswith("/hang/"):
                     server.release.wait(10)
+                elif self.path.startswith("/huge/"):
+                    # Announces 10 GB, sends a little, then waits: a client that reads the body hangs.
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(10 ** 10))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    server.release.wait(10)
+                elif self.path.startswith(("/endless/", "/endless-chunked/")):
+                    # 32 MiB with no Content-Length: delimited by closing the connection, or chunked.
+                    chunked = self.path.startswith("/endless-chunked/")
+                    if chunked:
+                        self.protocol_version = "HTTP/1.1"
+                    self.send_response(200)
+                    if chunked:
+                        self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    block = b"z" * (1 << 16)
+                    try:
+                        for _ in range(512):
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+                        if chunked:
+                            self.wfile.write(b"0\r\n\r\n")
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the client stopped reading: what it should do
+                    self.close_connection = True
                 elif self.path.startswith("/error500/"):
                     self.send_error(500, "boom")
                 else:
@@ -382,7 +416,8 @@ def test_download_progress_on_stderr(served, tmp_path, capsys):
     (served.root / "blob").write_bytes(os.urandom(300_000))
     hub.download(served.url("blob"), str(tmp_path / "blob"), progress=True)
     err = capsys.readouterr().err
-    assert "100.0%" in err and len(err.splitlines()) <= 12  # coarse steps when not a terminal
+    assert "Downloading blob" in err and "100%" in err  # tqdm's bar
+    assert len(err.splitlines()) <= 12  # coarse steps when not a terminal
     hub.download(served.url("blob"), str(tmp_path / "blob2"), progress=False)
     assert capsys.readouterr().err == ""
 
@@ -561,3 +596,302 @@ def test_a_url_does_not_get_the_cached_copy_of_another_url_with_the_same_file_na
     with pytest.raises(hub.DownloadError):
         hub.resolve_weights(one)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile sizes: gzip bombs, endless bodies, full disks
+
+CAP = 16 << 20  # max_bytes in these tests; each bomb unpacks to 64 MiB
+
+
+class Zeros(io.RawIOBase):
+    """``size`` zero bytes, produced as read: a member's data without holding it in memory."""
+
+    def __init__(self, size):
+        self.left = size
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = min(len(b), self.left)
+        b[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def bomb(path, sizes):
+    """A tar.gz of weights whose members of zeros (one per entry of ``sizes``) unpack to far more than it weighs."""
+    with tarfile.open(path, "w:gz", compresslevel=9) as tar:
+        for name, type, data, attrs in OK_MEMBERS:
+            add_member(tar, name, type, data, **attrs)
+        for i, size in enumerate(sizes):
+            info = tarfile.TarInfo(f"{NAME}/zeros{i}")
+            info.size = size
+            tar.addfile(info, Zeros(size))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bombs")
+    made = {"one member": bomb(folder / "one.tar.gz", [64 << 20]),
+            "many members": bomb(folder / "many.tar.gz", [4 << 20] * 16)}
+    assert all(path.stat().st_size < 200_000 for path in made.values())  # kilobytes, for 64 MiB
+    return made
+
+
+@pytest.fixture
+def decompressed(monkeypatch):
+    """The number of bytes gzip decompresses from now on (reads and seeks alike go through _GzipReader.read)."""
+    count = [0]
+    read = gzip._GzipReader.read
+
+    def counting(self, size=-1):
+        data = read(self, size)
+        count[0] += len(data)
+        return data
+
+    monkeypatch.setattr(gzip._GzipReader, "read", counting)
+    return count
+
+
+@pytest.mark.parametrize("kind", ["one member", "many members"])
+def test_safe_extract_refuses_a_gzip_bomb_before_decompressing_it(bombs, kind, tmp_path, decompressed):
+    dest = tmp_path / "dest"
+    with pytest.raises(ValueError, match=r"limit \(max_bytes\) of 16777216") as e:
+        hub.safe_extract(str(bombs[kind]), str(dest), max_bytes=CAP)
+    assert str(bombs[kind]) in str(e.value) and f"'{NAME}/zeros" in str(e.value)
+    # Refused at the header that crosses the cap: at most about max_bytes of the 64 MiB were decompressed.
+    assert 0 < decompressed[0] < CAP + (1 << 20)
+    assert not dest.exists()
+
+
+def test_safe_extract_bounds_what_tarfile_reads_by_itself(tmp_path, decompressed):
+    # A PAX header is read whole before the member it describes is seen: 8 MiB of it here, for 1 byte of data.
+    tar = tmp_path / "pax.tar.gz"
+    with tarfile.open(tar, "w:gz", format=tarfile.PAX_FORMAT) as out:
+        add_member(out, NAME, DIR)
+        add_member(out, f"{NAME}/pickled_data", REG, b"p", pax_headers={"comment": "a" * (8 << 20)})
+    assert tar.stat().st_size < 100_000
+    with pytest.raises(ValueError, match="headers included") as e:
+        hub.safe_extract(str(tar), str(tmp_path / "dest"), max_bytes=1 << 20)
+    assert str(tar) in str(e.value)
+    assert 0 < decompressed[0] < 1 << 20  # refused before the header was decompressed
+    assert not (tmp_path / "dest").exists()
+
+
+@pytest.mark.parametrize("over", ["path", "http"])
+def test_resolve_weights_refuses_a_gzip_bomb(bombs, over, served, isolated, decompressed):
+    source = str(bombs["one member"])
+    if over == "http":
+        shutil.copy(source, served.root / f"{NAME}.tar.gz")
+        source = served.url(f"{NAME}.tar.gz")
+    with pytest.raises(ValueError, match="limit"):
+        hub.resolve_weights(source, progress=False, max_bytes=CAP)
+    assert 0 < decompressed[0] < 1 << 20  # the bomb's header comes first
+    assert listing(isolated) == []  # no extraction, and the downloaded bomb is not kept
+
+
+def test_download_refuses_an_announced_size_above_the_cap_before_reading(served, tmp_path):
+    dest = tmp_path / "dl" / "x.tar.gz"
+    # The server then stalls: reading the body would end in a timeout, not this error.
+    with pytest.raises(hub.DownloadError, match=r"10000000000 bytes announced, more than the limit") as e:
+        hub.download(served.url("huge/x.tar.gz"), str(dest), progress=False, max_bytes=CAP)
+    assert str(dest) in str(e.value)
+    assert listing(dest.parent) == []
+
+
+@pytest.mark.parametrize("path", ["endless/x.tar.gz", "endless-chunked/x.tar.gz"])
+def test_download_stops_a_body_that_streams_past_the_cap(served, isolated, path):
+    with pytest.raises(hub.DownloadError, match="stopped after .* more than the limit") as e:
+        hub.download(served.url(path), str(isolated / "x.tar.gz"), progress=False, max_bytes=1 << 20)
+    assert served.url(path) in str(e.value)
+    assert listing(isolated) == []
+    with pytest.raises(hub.DownloadError, match="more than the limit"):
+        hub.resolve_weights(served.url(path), progress=False, max_bytes=1 << 20)
+    assert listing(isolated) == []
+
+
+def disk_with_free(free):
+    return lambda path: types.SimpleNamespace(total=1 << 40, used=(1 << 40) - free, free=free)
+
+
+def test_too_little_free_space_is_refused_up_front(served, tmp_path, isolated, monkeypatch):
+    (served.root / "blob").write_bytes(b"b" * 300_000)
+    tar = crafted_tarball(tmp_path / "w.tar.gz", OK_MEMBERS + [(f"{NAME}/big", REG, b"w" * 300_000, {})])
+    monkeypatch.setattr(shutil, "disk_usage", disk_with_free(1000))
+    dest = tmp_path / "dl"
+    with pytest.raises(hub.DownloadError, match="not enough disk space") as e:
+        hub.download(served.url("blob"), str(dest / "blob"), progress=False)
+    assert f"in {dest}: {300_000 + hub.SPACE_MARGIN} bytes needed, 1000 free" in str(e.value)
+    assert listing(dest) == []
+    with pytest.raises(ValueError, match="not enough disk space") as e:
+        hub.safe_extract(str(tar), str(tmp_path / "out"))
+    assert f"in {tmp_path / 'out'}: {300_004 + hub.SPACE_MARGIN} bytes needed, 1000 free" in str(e.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=f"not enough disk space in {isolated}"):
+        hub.resolve_weights(str(tar))
+    assert listing(isolated) == []
+
+
+class FillingDisk:
+    """Files opened for writing through :meth:`open` share ``room`` bytes, then fail as a full disk does."""
+
+    def __init__(self, room):
+        self.room = room
+
+    def open(self, path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        return FillingDisk.File(f, self) if "w" in mode else f
+
+    class File:
+        def __init__(self, f, disk):
+            self.f, self.disk = f, disk
+
+        def write(self, data):
+            if len(data) > self.disk.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.disk.room -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+
+def test_full_disk_during_download(served, isolated, monkeypatch):
+    (served.root / f"{NAME}.tar.gz").write_bytes(os.urandom(300_000))
+    monkeypatch.setattr(hub, "open", FillingDisk(100_000).open, raising=False)  # the download's own writes
+    with pytest.raises(hub.DownloadError, match=f"the disk is full: no space left in {isolated}"):
+        hub.resolve_weights(served.url(f"{NAME}.tar.gz"), progress=False)
+    assert listing(isolated) == []
+
+
+def test_full_disk_during_extraction(tmp_path, isolated, served, monkeypatch):
+    tar = crafted_tarball(tmp_path / "w.tar.gz", OK_MEMBERS + [(f"{NAME}/big", REG, os.urandom(300_000), {})])
+    monkeypatch.setattr(tarfile, "bltn_open", FillingDisk(100_000).open)  # what tarfile writes members with
+    dest = tmp_path / "a" / "dest"
+    dest.mkdir(parents=True)
+    with pytest.raises(ValueError, match=f"the disk is full: no space left in {dest}") as e:
+        hub.safe_extract(str(tar), str(dest))
+    assert str(tar) in str(e.value)
+    assert listing(dest) == []
+    with pytest.raises(ValueError, match="the disk is full"):
+        hub.resolve_weights(str(tar))
+    assert listing(isolated) == []
+    # Downloaded: the tarball is sound, so the cache keeps it for when there is room (and nothing else).
+    shutil.copy(tar, served.root / f"{NAME}.tar.gz")
+    with pytest.raises(ValueError, match="the disk is full"):
+        hub.resolve_weights(served.url(f"{NAME}.tar.gz"), progress=False)
+    assert listing(isolated) == [f"{NAME}.tar.gz", f"{NAME}.tar.gz.source"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB file system (tmpfs); skipped where mounting is not permitted."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_for_real(small_disk, served, tmp_path, monkeypatch):
+    with pytest.raises(hub.DownloadError, match=f"the disk is full: no space left in {small_disk}"):
+        hub.download(served.url("endless/x.tar.gz"), str(small_disk / "x.tar.gz"), progress=False)
+    assert listing(small_disk) == []
+    tar = crafted_tarball(tmp_path / "w.tar.gz", OK_MEMBERS + [(f"{NAME}/big", REG, os.urandom(2 << 20), {})])
+    monkeypatch.setattr(shutil, "disk_usage", disk_with_free(1 << 40))  # get past the up-front check
+    with pytest.raises(ValueError, match=f"the disk is full: no space left in {small_disk}"):
+        hub.safe_extract(str(tar), str(small_disk))
+    assert listing(small_disk) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Local checksums, the marker, closed connections, leftovers
+
+
+def test_local_tarball_is_checked_against_the_sha256_file_beside_it(tmp_path, isolated, capsys):
+    tar, sha = make_weights_tarball(tmp_path)
+    sums = tmp_path / f"{NAME}.tar.gz.sha256"
+    sums.write_text("0" * 64 + f"  {NAME}.tar.gz\n")  # as publish.py writes it
+    with pytest.raises(ValueError, match="checksum mismatch") as e:
+        hub.resolve_weights(str(tar))
+    assert str(tar) in str(e.value) and str(sums) in str(e.value) and sha in str(e.value)
+    assert listing(isolated) == []
+    assert hub.resolve_weights(str(tar), sha256=sha) == str(isolated / NAME)  # an explicit sha256 wins
+    sums.write_text(f"{sha}  {NAME}.tar.gz\n")
+    capsys.readouterr()
+    assert hub.resolve_weights(str(tar)) == str(isolated / NAME)
+    assert "(checksum verified)" in capsys.readouterr().out
+
+
+def test_marker_is_inside_the_extraction_when_it_appears(tmp_path, isolated, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, a_sha = make_weights_tarball(tmp_path / "a", value=1.0)
+    b, b_sha = make_weights_tarball(tmp_path / "b", value=2.0)
+    seen = []
+    for name in ("rename", "replace"):
+        def spy(src, dst, *args, _real=getattr(os, name), **kwargs):
+            if os.path.abspath(dst) == str(isolated / NAME):  # the extraction takes its final name
+                marker = os.path.join(src, hub.MARKER)
+                with open(marker) if os.path.isfile(marker) else io.StringIO("{}") as f:
+                    seen.append(json.load(f).get("sha256"))
+            return _real(src, dst, *args, **kwargs)
+        monkeypatch.setattr(os, name, spy)
+    hub.resolve_weights(str(a))  # appears
+    hub.resolve_weights(str(b))  # replaces a's
+    assert seen == [a_sha, b_sha]
+
+
+def test_http_error_responses_are_closed(monkeypatch, tmp_path):
+    bodies = []
+
+    def refuse(request, timeout):
+        bodies.append(io.BytesIO(b"not here"))
+        raise urllib.error.HTTPError(request.full_url, 404, "Not Found", {}, bodies[-1])
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(hub.DownloadError, match="HTTP 404"):
+        hub.download("http://127.0.0.1:9/x.tar.gz", str(tmp_path / "x.tar.gz"), progress=False)
+    assert hub.known_sha256("http://127.0.0.1:9/x.tar.gz") is None
+    assert len(bodies) == 2 and all(body.closed for body in bodies)
+
+
+def test_unwritable_destination_fails_before_connecting(served, tmp_path, monkeypatch):
+    (served.root / "blob").write_bytes(b"b" * 1000)
+
+    def read_only(path, mode="r", *args, **kwargs):  # as root, permissions would not stop us: simulate
+        if "w" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(hub, "open", read_only, raising=False)
+    with pytest.raises(hub.DownloadError, match="cannot write to .*Permission denied"):
+        hub.download(served.url("blob"), str(tmp_path / "dl" / "blob"), progress=False)
+    assert served.requests == []  # no connection was opened, so none can leak
+    assert listing(tmp_path / "dl") == []
+
+
+def test_cache_dir_removes_what_killed_processes_left(isolated):
+    from cv.detection import fileio
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    mine = fileio.temporary_name(str(isolated / f"{NAME}.tar.gz"))
+    left = mine.replace(f"-{os.getpid()}-", f"-{dead}-")
+    isolated.mkdir()
+    for path in (mine, left):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    hub.cache_dir()
+    assert os.path.exists(mine) and not os.path.exists(left)

@@ -1,26 +1,25 @@
 """Inference (``infer.sh``), publishing and the download path, end to end: train a tiny schedule, publish it, serve
-it over HTTP on 127.0.0.1, and check that ``infer.sh`` with the URL finds what the checkpoint itself finds."""
+it over HTTP on 127.0.0.1, and check that ``infer.sh`` with the URL finds what the checkpoint itself finds; and what a
+user brings that goes wrong (phone photos, bombs, crafted weights, bad flags, a full disk) ends in one line."""
 import functools
 import http.server
 import json
 import os
 import shutil
-import subprocess
+import struct
 import sys
 import threading
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INFER_SH = os.path.join(REPO, "cv", "detection", "ssd300_vgg16", "infer.sh")
+from tests.conftest import INFER_SH, REPO, last_line, plant_payload, run
 
+pytestmark = pytest.mark.slow
 
-def run(cmd, cwd, env=None, expect=0, timeout=600):
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out
+SHAPES = {"circle", "square", "triangle", "ring", "cross", "star"}
 
 
 @pytest.fixture(scope="module")
@@ -101,23 +100,102 @@ def test_infer_skips_unreadable_images_and_names_them(trained, images, tmp_path)
 
 
 def test_infer_errors_name_what_is_wrong(trained, tmp_path):
-    res = run(["bash", INFER_SH, "--weights", str(trained), "--images", str(tmp_path / "nope.jpg")], cwd=tmp_path,
+    def fails(*args, expect=1):
+        res = run(["bash", INFER_SH, *args], cwd=tmp_path, expect=expect)
+        assert "Traceback" not in res.stderr
+        return last_line(res.stderr)
+
+    assert fails("--weights", trained, "--images", tmp_path / "nope.jpg") == \
+        f"error: --images {tmp_path / 'nope.jpg'}: no such file or directory"
+    assert fails("--weights", tmp_path / "missing") == f"error: --weights {tmp_path / 'missing'}: no such file or " \
+                                                      "directory"
+    assert fails("--weights", "s3://bucket/ssd300_vgg16.tar.gz") == "error: --weights s3://bucket/ssd300_vgg16.tar" \
+        ".gz: no such file or directory (URLs must be http://, https:// or file://)"
+    assert fails("--weights", trained, "--sha256", "0" * 64) == f"error: --sha256 checks a tarball; {trained} is " \
+                                                                "a directory"
+    (tmp_path / "file").write_text("x")
+    assert fails("--weights", trained, "--output-dir", tmp_path / "file") == \
+        f"error: --output-dir {tmp_path / 'file'} is a file, not a directory"
+    assert fails("--weights", trained, "--coco-eval", "--data-path", tmp_path / "nodata") == \
+        f"error: --data-path {tmp_path / 'nodata'}: no such directory"
+    # Values argparse refuses before anything loads (exit status 2, the flag named).
+    for flag, value, message in (("--score-threshold", "2", "must be between 0 and 1"),
+                                 ("--batch-size", "0", "must be at least 1"),
+                                 ("--batch-size", "-3", "must be at least 1"),
+                                 ("--max-images", "0", "must be at least 1")):
+        assert fails(flag, value, expect=2).endswith(f"argument {flag}: {message}, got {value}")
+
+
+def phone_photo(path, pixels, orientation):
+    """A JPEG as a phone stores it: the pixels as the sensor read them, and an EXIF orientation saying how to
+    turn them for viewing."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, quality=95, exif=exif.tobytes())
+
+
+def test_phone_photos_are_detected_and_drawn_as_viewers_show_them(trained, images, tmp_path):
+    """A portrait photo stored sideways (EXIF orientation 6: turn 90 degrees clockwise to view) is detected as the
+    upright picture it shows: exactly the detections of its pixels turned upright, in upright coordinates, and the
+    JSON says so."""
+    upright = np.asarray(Image.open(sorted((images / "folder").iterdir())[0]).convert("RGB"))
+    (tmp_path / "in").mkdir()
+    phone_photo(tmp_path / "in" / "phone.jpg", np.ascontiguousarray(np.rot90(upright)), 6)  # stored turned left
+    stored = np.asarray(Image.open(tmp_path / "in" / "phone.jpg").convert("RGB"))
+    assert stored.shape == (upright.shape[1], upright.shape[0], 3)
+    # The same pixels turned right by hand, losslessly: what a viewer shows.
+    Image.fromarray(np.ascontiguousarray(np.rot90(stored, k=-1))).save(tmp_path / "in" / "turned.png")
+    run(["bash", INFER_SH, "--weights", trained, "--images", tmp_path / "in", "--score-threshold", "0.02",
+         "--output-dir", tmp_path / "out"], cwd=tmp_path)
+    found = detections(tmp_path / "out")
+    phone, turned = found["phone.json"], found["turned.json"]
+    assert (phone["width"], phone["height"]) == (turned["width"], turned["height"]) == upright.shape[1::-1]
+    assert phone["exif_orientation"] == 6 and "orientation 6 applied" in phone["note"]
+    assert turned["exif_orientation"] == 1 and "note" not in turned
+    assert phone["detections"] == turned["detections"] and phone["detections"]
+    assert Image.open(tmp_path / "out" / "phone.jpg").size == upright.shape[1::-1]
+
+
+def decompression_bomb(path, side=20000):
+    """A PNG of side x side grey pixels, all zero: 400 MB of pixels in a file of a few hundred KB, over twice
+    Pillow's MAX_IMAGE_PIXELS (89 million), so Pillow refuses it as a decompression bomb."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, row = zlib.compressobj(9), b"\0" * (side + 1)
+    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_skipped_and_named(trained, images, tmp_path):
+    folder = tmp_path / "in"
+    shutil.copytree(images / "folder", folder)
+    decompression_bomb(folder / "bomb.png")
+    res = run(["bash", INFER_SH, "--weights", trained, "--images", folder, "--output-dir", tmp_path / "out"],
+              cwd=tmp_path)
+    assert f"{folder / 'bomb.png'}: skipped, cannot be read: refused as a decompression bomb" in res.stdout
+    assert "1 of 3 images could not be read and were skipped" in res.stdout
+    assert len(detections(tmp_path / "out")) == 2
+
+
+def test_a_full_output_disk_is_one_line_and_leaves_no_partial_file(trained, images, tmp_path, small_disk):
+    out = small_disk(1)  # a drawn 400x300 JPEG is ~60 KB: a few fit, then the disk is full
+    folder = tmp_path / "many"
+    folder.mkdir()
+    source = sorted((images / "folder").iterdir())[0]
+    for i in range(40):
+        shutil.copy(source, folder / f"{i:02d}.jpg")
+    res = run(["bash", INFER_SH, "--weights", trained, "--images", folder, "--output-dir", out], cwd=tmp_path,
               expect=1)
-    assert f"--images {tmp_path / 'nope.jpg'}: no such file or directory" in res.stderr
-    res = run(["bash", INFER_SH, "--weights", str(tmp_path / "missing")], cwd=tmp_path, expect=1)
-    assert "no such file or directory" in res.stderr
-    res = run(["bash", INFER_SH, "--weights", "s3://bucket/ssd300_vgg16.tar.gz"], cwd=tmp_path, expect=1)
-    assert "error: no such weights directory, tarball or URL: s3://" in res.stderr and "Traceback" not in res.stderr
-    res = run(["bash", INFER_SH, "--weights", str(trained), "--sha256", "0" * 64], cwd=tmp_path, expect=1)
-    assert f"error: --sha256 checks a tarball; {trained} is a directory" in res.stderr
-
-
-def test_without_weights_it_says_how_to_get_them(monkeypatch, tmp_path):
-    from cv.detection.ssd300_vgg16 import infer
-
-    monkeypatch.setattr(infer, "DEFAULT_OUTPUT", str(tmp_path))
-    with pytest.raises(SystemExit, match="Train one.*--pretrained"):
-        infer.weights_source(infer.get_args_parser().parse_args([]))
+    line = last_line(res.stderr)
+    assert line.startswith("error: ") and "No space left on device" in line and str(out) in line
+    for name in os.listdir(out):
+        assert ".tmp-" not in name
+        if name.endswith(".json"):
+            json.loads((out / name).read_text())  # every file there is whole
+        else:
+            Image.open(out / name).load()
 
 
 def serve(directory):
@@ -129,7 +207,7 @@ def serve(directory):
 
 
 def test_published_weights_over_http_and_file_url_detect_what_the_checkpoint_does(trained, images, tmp_path):
-    from cv.detection.publish import publish
+    from cv.detection.ssd300_vgg16.publish import publish
 
     publish(str(trained), str(tmp_path / "zoo"))
     common = ["--images", str(images / "folder"), "--score-threshold", "0.02"]
@@ -141,9 +219,12 @@ def test_published_weights_over_http_and_file_url_detect_what_the_checkpoint_doe
                   env=env_with_cache(tmp_path / "cache"))
     finally:
         server.shutdown()
-    assert f"weights: {url}" in res.stdout
+    assert f"weights: {url}; 6 classes" in res.stdout
     assert sorted(os.listdir(tmp_path / "cache")) == ["ssd300_vgg16", "ssd300_vgg16.tar.gz",
                                                       "ssd300_vgg16.tar.gz.source"]
+    # The classes keep their names through the tarball (its meta.json), not "class 5".
+    names = {d["name"] for record in detections(tmp_path / "b").values() for d in record["detections"]}
+    assert names and names <= SHAPES
     # --pretrained follows $SSD300_VGG16_URL (here a file:// URL: a local mirror).
     env = dict(env_with_cache(tmp_path / "cache2"), SSD300_VGG16_URL=f"file://{tmp_path / 'zoo' / 'ssd300_vgg16.tar.gz'}")
     res = run(["bash", INFER_SH, "--pretrained", "--output-dir", str(tmp_path / "c"), *common], cwd=tmp_path, env=env)
@@ -155,6 +236,57 @@ def test_published_weights_over_http_and_file_url_detect_what_the_checkpoint_doe
                "0" * 64, *common], cwd=tmp_path, env=env_with_cache(tmp_path / "cache3"), expect=1)
     assert "error:" in bad.stderr and "checksum" in bad.stderr and "Traceback" not in bad.stderr
     assert not os.path.exists(tmp_path / "cache3") or os.listdir(tmp_path / "cache3") == []
+
+
+def crafted_tarball(trained, directory, marker):
+    """The zoo tarball of ``trained`` with a pickled_data that runs ``touch marker`` when unpickled."""
+    import tarfile
+
+    from cv.detection.ssd300_vgg16.publish import publish
+
+    publish(str(trained), str(directory / "clean"))
+    with tarfile.open(directory / "clean" / "ssd300_vgg16.tar.gz") as tar:
+        tar.extractall(directory / "unpacked")
+    plant_payload(directory / "unpacked" / "ssd300_vgg16", marker)
+    with tarfile.open(directory / "ssd300_vgg16.tar.gz", "w:gz") as tar:
+        tar.add(directory / "unpacked" / "ssd300_vgg16", arcname="ssd300_vgg16")
+    return directory / "ssd300_vgg16.tar.gz"
+
+
+def test_crafted_weights_never_run_in_any_loading_path(trained, tmp_path):
+    """A tarball (path, file:// and http:// URL) or directory whose pickled_data runs a command: refused by infer.sh
+    and by scripts/publish.py, naming the file and the global; the command never runs."""
+    marker = tmp_path / "pwned"
+    tarball = crafted_tarball(trained, tmp_path / "zoo", marker)
+    server = serve(tmp_path / "zoo")
+    sources = [str(tarball), f"file://{tarball}", f"http://127.0.0.1:{server.server_address[1]}/ssd300_vgg16.tar.gz",
+               str(tmp_path / "zoo" / "unpacked" / "ssd300_vgg16")]
+    try:
+        for i, source in enumerate(sources):
+            res = run(["bash", INFER_SH, "--weights", source, "--images", trained], cwd=tmp_path,
+                      env=env_with_cache(tmp_path / f"cache{i}"), expect=1)
+            line = last_line(res.stderr)
+            assert line.startswith("error: refusing to load ") and "pickled_data: it asks for the Python global " \
+                "posix.system, which saved weights never need" in line, res.stderr[-2000:]
+            assert not marker.exists()
+    finally:
+        server.shutdown()
+    res = run([sys.executable, os.path.join(REPO, "scripts", "publish.py"), sources[-1], "-o", tmp_path / "pub"],
+              cwd=tmp_path, expect=1)
+    assert "refusing to load" in last_line(res.stderr) and not marker.exists()
+
+
+def test_a_local_tarball_is_checked_against_the_sha256_beside_it(trained, images, tmp_path):
+    from cv.detection.ssd300_vgg16.publish import publish
+
+    publish(str(trained), str(tmp_path / "zoo"))
+    tarball = tmp_path / "zoo" / "ssd300_vgg16.tar.gz"
+    common = ["--weights", tarball, "--images", images / "folder", "--output-dir", tmp_path / "out"]
+    run(["bash", INFER_SH, *common], cwd=tmp_path, env=env_with_cache(tmp_path / "cache"))
+    (tmp_path / "zoo" / "ssd300_vgg16.tar.gz.sha256").write_text("0" * 64 + "  ssd300_vgg16.tar.gz\n")
+    res = run(["bash", INFER_SH, *common], cwd=tmp_path, env=env_with_cache(tmp_path / "cache2"), expect=1)
+    line = last_line(res.stderr)
+    assert line.startswith("error: ") and str(tarball) in line and "sha256" in line
 
 
 def test_coco_eval_mode_prints_the_ap_table(trained, sample_dataset, tmp_path):
@@ -187,7 +319,7 @@ def test_onnxruntime_backend_gives_the_same_detections(trained, images, tmp_path
 
     from cv.detection.coco import load_rgb
     from cv.detection.ssd300_vgg16.infer import load_model
-    from cv.detection.ssd300_vgg16.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.onnx_backend import OnnxRuntimeSSD
     from cv.detection.transforms import to_chw_float
 
     model, _, _ = load_model(str(trained))

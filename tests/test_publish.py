@@ -1,4 +1,4 @@
-"""Publishing a checkpoint (cv/detection/publish.py, scripts/publish.py): the tarball holds the weights and
+"""Publishing a checkpoint (cv/detection/ssd300_vgg16/publish.py, scripts/publish.py): the tarball holds the weights and
 nothing else, in the layout flowvision's loader reads, reproducibly; the digest and the card tell the truth; bad
 inputs fail clearly. One small set of saves is shared by all tests (saving 26M parameters takes seconds)."""
 import gzip
@@ -15,7 +15,7 @@ import pytest
 
 from cv.detection import checkpoint as ckpt
 from cv.detection.coco_eval import STAT_NAMES
-from cv.detection.publish import PublishError, publish
+from cv.detection.ssd300_vgg16.publish import PublishError, publish
 from cv.detection.ssd300_vgg16 import ssd300_vgg16
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,12 +45,14 @@ def published(tmp_path_factory):
     assert payload["optimizer"]["state"], "the fake step should have created momentum buffers"
     out = root / "train_out"
     out.mkdir()
-    checkpoint = ckpt.save_checkpoint(str(out), 2, payload, ap=STATS["AP"])
+    checkpoint = ckpt.save_checkpoint(str(out), payload, 2, ap=STATS["AP"])
     bare = root / "bare_state_dict"
     flow.save(model.state_dict(), str(bare))
     card_a = publish(checkpoint, str(root / "a"))
     card_b = publish(checkpoint, str(root / "b"))
-    return {"root": root, "model": model, "checkpoint": checkpoint, "bare": str(bare), "a": card_a, "b": card_b}
+    card_bare = publish(str(bare), str(root / "bare_published"))
+    return {"root": root, "model": model, "checkpoint": checkpoint, "bare": str(bare), "a": card_a, "b": card_b,
+            "bare_published": card_bare}
 
 
 def _extract(tarball, into):
@@ -74,6 +76,10 @@ def test_tarball_holds_exactly_the_model_weights(published, tmp_path):
     with gzip.open(tarball) as g:  # no file name in the gzip header (FNAME flag unset)
         assert header[3] & 0x08 == 0 and g.read(1)
 
+    # Beside the weights, what infer.sh names the classes by (flow.load and flowvision ignore it).
+    meta = json.loads((tmp_path / "ssd300_vgg16" / "meta.json").read_text())
+    assert meta == {"arch": "ssd300_vgg16", "num_classes": NUM_CLASSES, "label_names": LABEL_NAMES,
+                    "label_to_category_id": {str(i): i for i in range(1, NUM_CLASSES)}}
     loaded = flow.load(str(tmp_path / "ssd300_vgg16"))
     reference = published["model"].state_dict()
     assert list(loaded) == list(reference) and len(loaded) == 71  # no optimizer state, no rng, no args
@@ -159,14 +165,23 @@ def test_publishing_twice_is_byte_identical_and_leaves_no_temporaries(published)
 
 def test_cli_on_a_bare_state_dict(published, tmp_path):
     """From another directory, in another process (so OneFlow's tensor naming starts elsewhere): a bare state
-    dict of the same weights publishes to the very same tarball, and the card says what it cannot know."""
+    dict publishes to the very same tarball as in this process, holding the same weight files as the checkpoint's,
+    and the card says what it cannot know."""
     out = tmp_path / "cli_out"
     run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "publish.py"), published["bare"],
                           "--output-dir", str(out)], capture_output=True, text=True, cwd=str(tmp_path))
     assert run.returncode == 0, run.stdout + run.stderr
     assert str(out / "ssd300_vgg16.tar.gz") in run.stdout and str(out / "ssd300_vgg16.md") in run.stdout
-    with open(out / "ssd300_vgg16.tar.gz", "rb") as f1, open(published["a"]["paths"]["tarball"], "rb") as f2:
-        assert f1.read() == f2.read()
+    with open(out / "ssd300_vgg16.tar.gz", "rb") as f1:
+        assert f1.read() == open(published["bare_published"]["paths"]["tarball"], "rb").read()
+
+    def files(tarball):
+        with tarfile.open(tarball) as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+    bare, full = files(out / "ssd300_vgg16.tar.gz"), files(published["a"]["paths"]["tarball"])
+    assert bare.keys() == full.keys()
+    assert all(bare[k] == full[k] for k in bare if not k.endswith("meta.json"))  # the weights, byte for byte
     with open(out / "ssd300_vgg16.json") as f:
         card = json.load(f)
     assert card["num_classes"] == NUM_CLASSES and card["source"]["kind"] == "bare state dict"

@@ -1,54 +1,34 @@
-"""The training loop, checkpoints and the training program (``cv.detection.ssd300_vgg16.train``).
+"""The training loop, checkpoints and the training program (``cv.detection.ssd300_vgg16.train``, ``train.sh``).
 
-The program runs for real in subprocesses (one process, and two under ``oneflow.distributed.launch``) on a few
-sample images: SSD300 costs ~4 s per image and step on this CPU. The learning proof uses the same loop
-(:func:`train_one_epoch`, :func:`evaluate`) with a small SSD built from the same classes, which can overfit a
-handful of images within a CI budget; SSD300 from scratch cannot.
+The program runs for real in subprocesses (one process, and two under the launcher) on a few sample images: SSD300
+costs ~4 s per image and step on this CPU. The learning proof uses the same loop (:func:`train_one_epoch`,
+:func:`evaluate`) with a small SSD built from the same classes, which can overfit a handful of images within a CI
+budget; SSD300 from scratch cannot.
 """
+import errno
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
 import oneflow as flow
 import pytest
 from oneflow import nn
-from PIL import Image
 
 from cv.detection import checkpoint as ckpt
+from cv.detection import fileio
 from cv.detection.anchors import DefaultBoxGenerator
 from cv.detection.coco import CocoDetection, make_loader
 from cv.detection.coco_eval import CocoEvaluator
 from cv.detection.engine import (DynamicLossScaler, NonFiniteLossError, evaluate, learning_rate, read_metrics,
                                  train_one_epoch)
 from cv.detection.layers import Conv2d
-from cv.detection.plot import plot_metrics
 from cv.detection.ssd import SSD
-from tests.conftest import tiny_ssd
-
-TRAIN = [sys.executable, "-m", "cv.detection.ssd300_vgg16.train"]
-
-
-def run(cmd, cwd, timeout=600, expect=0):
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == expect, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out.stdout
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def quick_args(data, out, *extra):
-    return ["--data-path", str(data), "--output-dir", str(out), "--workers", "0", "--no-pretrained-backbone",
-            "--print-freq", "1", *extra]
+from tests.conftest import (TRAIN, TRAIN_SH, free_port, last_line, plant_payload, quick_args, run, tiny_ssd)
 
 
 # --- pieces --------------------------------------------------------------------------------------------------
@@ -78,6 +58,30 @@ def test_dynamic_loss_scaler_skips_bad_steps_and_grows():
     assert other.scale == 8.0 and other.good_steps == 0
 
 
+def test_amp_loss_scaling_in_the_training_loop(sample_dataset):
+    """The --amp path of train_one_epoch on CPU (autocast only changes CUDA ops): a scaled step lands where an
+    unscaled one does, and a step whose scaled gradients overflow is skipped with the scale halved."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = CocoDetection(sample_dataset, "train", max_images=2)
+    plain, scaled = tiny_ssd(ds.num_classes), tiny_ssd(ds.num_classes)
+    loader = make_loader(ds, 2, 0)
+    for model, scaler in ((plain, None), (scaled, DynamicLossScaler(init_scale=1024.0))):
+        optimizer = flow.optim.SGD(model.parameters(), lr=0.01)
+        train_one_epoch(model, optimizer, loader, "cpu", 0, {"iteration": 0}, lambda i, e: 0.01, amp_scaler=scaler)
+    for (name, a), b in zip(plain.state_dict().items(), scaled.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+    before = {k: v.numpy().copy() for k, v in scaled.state_dict().items()}
+    # 2^128 is past float32's largest value: the scaled loss and its gradients overflow.
+    overflow = DynamicLossScaler(init_scale=2.0 ** 128)
+    train_one_epoch(scaled, flow.optim.SGD(scaled.parameters(), lr=0.01), loader, "cpu", 0, {"iteration": 0},
+                    lambda i, e: 0.01, amp_scaler=overflow)
+    assert overflow.scale == 2.0 ** 127
+    for name, value in scaled.state_dict().items():
+        if "running" not in name and "num_batches" not in name:
+            np.testing.assert_array_equal(value.numpy(), before[name], err_msg=name)
+
+
 def test_non_finite_loss_stops_naming_epoch_and_iteration(sample_dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -90,55 +94,130 @@ def test_non_finite_loss_stops_naming_epoch_and_iteration(sample_dataset):
         train_one_epoch(model, optimizer, make_loader(ds, 2, 0), "cpu", 3, {"iteration": 7}, lambda i, e: 0.01)
 
 
-def test_plot_shows_losses_and_ap(tmp_path):
-    records = [{"type": "train", "iteration": i, "loss": 10 / (i + 1), "bbox_regression": 3 / (i + 1),
-                "classification": 7 / (i + 1)} for i in range(0, 50, 5)]
-    records += [{"type": "eval", "epoch": e, "AP": 0.1 * e, "AP50": 0.2 * e} for e in range(4)]
-    plot_metrics(records, tmp_path / "plot.png")
-    image = np.asarray(Image.open(tmp_path / "plot.png").convert("RGB"))
-    assert image.shape == (600, 900, 3)
-    loss_blue = (np.abs(image[:300].astype(int) - (31, 119, 180)).sum(-1) < 10).sum()
-    ap_red = (np.abs(image[300:].astype(int) - (214, 39, 40)).sum(-1) < 10).sum()
-    assert loss_blue > 100 and ap_red > 100
-
-
 # --- checkpoints ---------------------------------------------------------------------------------------------
 
 
 def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
     for epoch, ap in enumerate([0.1, 0.5, 0.2, 0.3, 0.25]):
-        ckpt.save_checkpoint(tmp_path, epoch, {"w": flow.ones(2) * epoch, "epoch": epoch}, ap=ap, keep=2)
+        ckpt.save_checkpoint(tmp_path, {"w": flow.ones(2) * epoch, "epoch": epoch, "iteration": epoch}, epoch, ap=ap,
+                             keep=2)
     kept = sorted(d for d in os.listdir(tmp_path) if d.startswith(ckpt.PREFIX))
     assert kept == ["checkpoint_epoch0001", "checkpoint_epoch0003", "checkpoint_epoch0004"]
     index = ckpt.read_index(tmp_path)
-    assert index == {"latest": "checkpoint_epoch0004", "best": "checkpoint_epoch0001", "best_ap": 0.5}
-    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))["epoch"] == 4
+    assert (index["latest"], index["best"], index["best_ap"]) == ("checkpoint_epoch0004", "checkpoint_epoch0001", 0.5)
+    assert sorted(index["checkpoints"]) == kept
+    assert ckpt.load(ckpt.latest_checkpoint(tmp_path))["epoch"] == 4
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        ckpt.load_checkpoint(tmp_path / "nope")
+        ckpt.load(tmp_path / "nope")
 
 
+# Killed (SIGKILL, deterministically) at two moments of a checkpoint write: while flow.save writes the tensors, and
+# after everything is written but before the rename.
 KILL_SCRIPT = """
-import sys
-from cv.detection import checkpoint as ckpt
+import os, signal, sys
 import oneflow as flow
-ckpt.save_checkpoint(sys.argv[1], 1, {"w": flow.randn(64, 1024, 1024), "epoch": 1})  # ~256 MB: takes a while
+from cv.detection import checkpoint as ckpt, fileio
+from oneflow.framework import check_point_v2
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[2] == "mid-write":
+    written, save_tensor = [], check_point_v2._save_tensor_to_disk
+    def save_some(tensor, path):
+        written.append(path)
+        (die if len(written) == 3 else save_tensor)(tensor, path)
+    check_point_v2._save_tensor_to_disk = save_some
+else:
+    fileio._fsync_tree = die
+ckpt.save_checkpoint(sys.argv[1], {"a": flow.ones(3), "b": flow.ones(3), "c": flow.ones(3), "epoch": 1}, 1)
 """
 
 
-def test_kill_during_checkpoint_write_leaves_previous_loadable(tmp_path):
-    ckpt.save_checkpoint(tmp_path, 0, {"w": flow.ones(3), "epoch": 0})
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path)])
-    deadline = time.time() + 120
-    while not any(d.startswith(".checkpoint_epoch0001.tmp") for d in os.listdir(tmp_path)):
-        assert proc.poll() is None and time.time() < deadline, "the writer ended before it was caught writing"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+@pytest.mark.parametrize("moment", ["mid-write", "before-rename"])
+def test_kill_during_checkpoint_write_leaves_previous_loadable(tmp_path, moment):
+    ckpt.save_checkpoint(tmp_path, {"w": flow.ones(3), "epoch": 0}, 0)
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), moment])
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = [d for d in os.listdir(tmp_path) if fileio.TMP_MARK in d]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".checkpoint_epoch0001")
     assert ckpt.read_index(tmp_path)["latest"] == "checkpoint_epoch0000"
-    payload = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))
+    payload = ckpt.load(ckpt.latest_checkpoint(tmp_path))
     assert payload["epoch"] == 0 and payload["w"].numpy().tolist() == [1, 1, 1]
-    ckpt.save_checkpoint(tmp_path, 1, {"epoch": 1})  # the next save clears the leftover
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint_epoch0000", "checkpoint_epoch0001", "checkpoints.json"]
+    # The next run (holding the directory's lock) removes what the dead writer left, and nothing else.
+    assert fileio.remove_dead_temporaries(tmp_path) == leftovers
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_epoch0000", "checkpoints.json"]
+
+
+def test_a_full_disk_during_a_save_leaves_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
+    ckpt.save_checkpoint(tmp_path, {"w": flow.ones(3), "epoch": 0}, 0)
+    from oneflow.framework import check_point_v2
+
+    def disk_full(tensor, path):
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "out"), "wb") as f:
+            f.write(b"\0" * 5)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(check_point_v2, "_save_tensor_to_disk", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_checkpoint(tmp_path, {"w": flow.ones(3), "epoch": 1}, 1)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_epoch0000", "checkpoints.json"]
+    assert ckpt.read_index(tmp_path)["latest"] == "checkpoint_epoch0000"
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
+    for epoch in range(3):
+        ckpt.save_checkpoint(tmp_path, {"w": flow.ones(1000) * epoch, "epoch": epoch}, epoch)
+    latest = tmp_path / "checkpoint_epoch0002"
+    data = next(p for p in latest.rglob("out"))
+    data.write_bytes(data.read_bytes()[:100])  # a truncated copy
+    said = []
+    assert ckpt.latest_checkpoint(tmp_path, say=said.append) == str(tmp_path / "checkpoint_epoch0001")
+    assert "checkpoint_epoch0002 named latest" in said[0] and "holds 100 bytes" in said[0]
+    assert "skipping damaged checkpoint checkpoint_epoch0002" in said[1]
+    assert ckpt.read_index(tmp_path)["latest"] == "checkpoint_epoch0001"  # the index now says so too
+    assert ckpt.load(ckpt.latest_checkpoint(tmp_path))["epoch"] == 1
+    # A damaged index is rebuilt from the directories.
+    (tmp_path / ckpt.INDEX).write_text('{"latest": "checkpoint_ep')
+    said.clear()
+    assert ckpt.latest_checkpoint(tmp_path, say=said.append) == str(tmp_path / "checkpoint_epoch0001")
+    assert "is damaged; rebuilding it" in said[0]
+    assert ckpt.read_index(tmp_path)["latest"] == "checkpoint_epoch0001"
+
+
+def test_the_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path):
+    lock = fileio.DirectoryLock(tmp_path, "training run").acquire()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cv.detection import fileio\n"
+                               f"fileio.DirectoryLock({str(tmp_path)!r}).acquire()\nprint('locked', flush=True)\n"
+                               "time.sleep(600)"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = holder.communicate(timeout=60)
+    assert "is in use by another run (pid" in err  # the lock of this test process
+    lock.release()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cv.detection import fileio\n"
+                               f"fileio.DirectoryLock({str(tmp_path)!r}).acquire()\nprint('locked', flush=True)\n"
+                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(fileio.DirectoryInUseError, match=f"in use by another training run \\(pid {holder.pid} "):
+        fileio.DirectoryLock(tmp_path, "training run").acquire()
+    holder.kill()  # kill -9: the kernel releases the lock
+    holder.wait()
+    fileio.DirectoryLock(tmp_path).acquire().release()
+
+
+def test_the_safe_loader_runs_nothing_and_names_the_global(tmp_path):
+    ckpt.save_checkpoint(tmp_path, {"model": {"w": flow.ones(2)}, "epoch": 0}, 0)
+    directory = tmp_path / "checkpoint_epoch0000"
+    plant_payload(directory, tmp_path / "pwned")
+    with pytest.raises(ckpt.UnsafeCheckpointError, match=r"pickled_data: it asks for the Python global posix\.system"):
+        ckpt.load(directory)
+    assert not (tmp_path / "pwned").exists()
+    # A tensor that points outside the checkpoint is refused too: flow.save's pickle opcodes, path edited.
+    def text(s):
+        return b"X" + len(s).to_bytes(4, "little") + s.encode()
+
+    (directory / "pickled_data").write_bytes(
+        b"\x80\x02}(" + text("protocol_version") + b"K\x01" + text("data") + b"}" + text("w")
+        + b"coneflow\nTensor\n)\x81}" + text("path") + text("../../etc") + b"sbsu.")
+    with pytest.raises(ckpt.UnsafeCheckpointError, match=r"a tensor refers to '\.\./\.\./etc'"):
+        ckpt.load(directory)
 
 
 # --- learning ------------------------------------------------------------------------------------------------
@@ -165,6 +244,12 @@ class SmallBackbone(nn.Module):
         return [a, b, self.down2(b)]
 
 
+class Records(list):
+    """Stands in for a MetricsFile: keeps the records."""
+
+    write = list.append
+
+
 def test_training_makes_the_model_find_the_objects(sample_dataset, capsys):
     """The proof that the loss, the loop and the evaluation fit together: 8 sample images, 120 steps."""
     with warnings.catch_warnings():
@@ -182,39 +267,56 @@ def test_training_makes_the_model_find_the_objects(sample_dataset, capsys):
                 image_std=[0.25] * 3)
     optimizer = flow.optim.Adam(model.parameters(), lr=0.003)
     loader = make_loader(train_set, batch_size=8, workers=0)
-    state = {"iteration": 0}
-    losses = [train_one_epoch(model, optimizer, loader, "cpu", epoch, state, lambda i, e: 0.003, print_freq=1000)
-              ["loss"] for epoch in range(120)]
+    state, records = {"iteration": 0}, Records()
+    for epoch in range(120):
+        train_one_epoch(model, optimizer, loader, "cpu", epoch, state, lambda i, e: 0.003, 1, records)
+    losses = [r["loss"] for r in records]
     stats = evaluate(model, make_loader(eval_set, 8, 0, shuffle=False),
-                     CocoEvaluator(eval_set.coco(), eval_set.label_to_category_id), "cpu")
+                     CocoEvaluator(eval_set.dataset, eval_set.label_to_category_id), "cpu")
     with capsys.disabled():
         print(f"\nlearning proof: loss {losses[0]:.3f} -> {losses[-1]:.4f}, AP50 {stats['AP50']:.3f}, "
               f"AP {stats['AP']:.3f} on {sum(len(im[4]) for im in big)} objects in 8 images")
-    assert losses[-1] < 0.02 * losses[0]
+    assert len(losses) == 120 and losses[-1] < 0.02 * losses[0]
     assert stats["AP50"] >= 0.9
 
 
-# --- the training program ------------------------------------------------------------------------------------
-
-
-def test_amp_is_refused_on_cpu(tmp_path):
-    out = subprocess.run(TRAIN + ["--amp", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True)
-    assert out.returncode == 2 and "--amp needs a CUDA device" in out.stderr
+# --- the training program: arguments -------------------------------------------------------------------------
 
 
 def test_demo_schedule_without_data_and_flags_override(monkeypatch, tmp_path):
     from cv.detection.ssd300_vgg16 import train
 
-    monkeypatch.setattr(train, "DEFAULT_COCO", str(tmp_path / "no_coco"))
+    monkeypatch.setattr(train, "COCO_DIR", str(tmp_path / "no_coco"))
     parser = train.get_args_parser()
-    args = train.resolve(parser.parse_args([]), parser)
+    args = train.resolve(parser.parse_args([]))
     assert args.demo and args.data_path == train.SAMPLE_DATA
     assert (args.epochs, args.train_subset, args.pretrained_backbone) == (2, 48, False)
-    args = train.resolve(parser.parse_args(["--epochs", "5"]), parser)
+    args = train.resolve(parser.parse_args(["--epochs", "5"]))
     assert args.epochs == 5
-    args = train.resolve(parser.parse_args(["--data-path", str(tmp_path)]), parser)
+    args = train.resolve(parser.parse_args(["--data-path", str(tmp_path)]))
     assert not args.demo and (args.epochs, args.lr_steps, args.lr, args.weight_decay) == (120, [80, 110], 0.002, 5e-4)
     assert args.pretrained_backbone and args.warmup_iters == 1000
+    with pytest.raises(ValueError, match="--amp needs a CUDA device"):
+        train.resolve(parser.parse_args(["--data-path", str(tmp_path), "--amp", "--device", "cpu"]))
+    with pytest.raises(ValueError, match="--data-path .*nope: no such directory"):
+        train.resolve(parser.parse_args(["--data-path", str(tmp_path / "nope")]))
+    with pytest.raises(ValueError, match="--test-only needs --weights or --resume"):
+        train.resolve(parser.parse_args(["--data-path", str(tmp_path), "--test-only"]))
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--batch-size", "0", "must be at least 1"), ("--batch-size", "-2", "must be at least 1"),
+    ("--epochs", "0", "must be at least 1"), ("--lr", "nan", "must be a positive number"),
+    ("--lr", "-1", "must be a positive number"), ("--momentum", "1.5", "must be between 0 and 1"),
+    ("--workers", "-1", "must be 0 or more"), ("--weight-decay", "inf", "must be a number >= 0"),
+])
+def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys):
+    from cv.detection.ssd300_vgg16 import train
+
+    with pytest.raises(SystemExit) as exit_:
+        train.get_args_parser().parse_args([flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
 
 
 def test_optimizer_flags_reach_the_optimizer(tmp_path):
@@ -222,7 +324,7 @@ def test_optimizer_flags_reach_the_optimizer(tmp_path):
 
     parser = train.get_args_parser()
     args = train.resolve(parser.parse_args(["--data-path", str(tmp_path), "--lr", "0.004", "--batch-size", "8",
-                                            "--momentum", "0.8", "--weight-decay", "0.001"]), parser)
+                                            "--momentum", "0.8", "--weight-decay", "0.001"]))
     model = tiny_ssd()
     model.backbone.stem[0].weight.requires_grad_(False)
     optimizer, base_lr = train.build_optimizer(model, args, world_size=2)
@@ -232,6 +334,10 @@ def test_optimizer_flags_reach_the_optimizer(tmp_path):
     assert len(group.parameters) == len(list(model.parameters())) - 1  # frozen parameters are left out
 
 
+# --- the training program, end to end --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
 def test_keep_checkpoints_flag_prunes_old_checkpoints(sample_dataset, tmp_path):
     run(TRAIN + quick_args(sample_dataset, tmp_path / "out", "--train-subset", "1", "--val-subset", "1",
                            "--batch-size", "1", "--epochs", "3", "--eval-every", "100", "--keep-checkpoints", "1"),
@@ -241,31 +347,52 @@ def test_keep_checkpoints_flag_prunes_old_checkpoints(sample_dataset, tmp_path):
         "checkpoint_epoch0002"]
 
 
-def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(sample_dataset, tmp_path):
-    common = ["--train-subset", "2", "--val-subset", "1", "--batch-size", "2", "--eval-every", "100"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(TRAIN + quick_args(sample_dataset, straight, *common, "--epochs", "2"), tmp_path)
-    run(TRAIN + quick_args(sample_dataset, resumed, *common, "--epochs", "1"), tmp_path)
-    out = run(TRAIN + quick_args(sample_dataset, resumed, *common, "--epochs", "2", "--resume", "auto"), tmp_path)
-    assert "resumed from" in out and "epoch 0 done, iteration 1" in out
-    a = ckpt.load_checkpoint(straight / "checkpoint_epoch0001")
-    b = ckpt.load_checkpoint(resumed / "checkpoint_epoch0001")
-    assert a["iteration"] == b["iteration"] == 2
+def train_records(path):
+    return [(r["epoch"], r["iter"], r["iteration"]) for r in read_metrics(path) if r["type"] == "train"]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_and_resume_auto_continues_exactly(sample_dataset, tmp_path):
+    """A scheduler's SIGTERM to train.sh mid-epoch: the iteration in progress ends, a resumable checkpoint is
+    saved, the exit status is 143; --resume auto then ends with the weights of a run never interrupted."""
+    common = quick_args(sample_dataset, tmp_path / "stopped", "--train-subset", "3", "--val-subset", "1",
+                        "--batch-size", "1", "--epochs", "2", "--eval-every", "100", "--workers", "1")
+    proc = subprocess.Popen(["bash", TRAIN_SH, *common], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 0 [1/3]"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, out + err
+    assert "SIGTERM received: stopping after the current iteration" in out
+    assert last_line(err).startswith("stopped: by SIGTERM at epoch 0, iteration ")
+    saved = ckpt.read_index(tmp_path / "stopped")["latest"]
+    assert saved.startswith("checkpoint_epoch0000_part0000")
+    part = int(saved[-6:])
+    assert 1 <= part < 3 and ckpt.load(tmp_path / "stopped" / saved)["iteration"] == part
+
+    resumed = run(["bash", TRAIN_SH, *common, "--resume", "auto"], tmp_path)
+    assert f"resumed from {tmp_path / 'stopped' / saved}: {part} iterations of epoch 0 done" in resumed.stdout
+    straight = tmp_path / "straight"
+    run(TRAIN + [a if a != str(tmp_path / "stopped") else str(straight) for a in common], tmp_path)
+    a, b = (ckpt.load(d / "checkpoint_epoch0001") for d in (straight, tmp_path / "stopped"))
+    assert a["iteration"] == b["iteration"] == 6
     for name, tensor in a["model"].items():
         np.testing.assert_array_equal(tensor.numpy(), b["model"][name].numpy(), err_msg=name)
-    # The resumed run appended to the same metrics file: both epochs' iterations are there once.
-    records = read_metrics(resumed / "metrics.jsonl")
-    assert [(r["epoch"], r["iter"]) for r in records if r["type"] == "train"] == [(0, 1), (1, 1)]
+    # One metrics file: every iteration logged once, in order, across the stop.
+    assert train_records(tmp_path / "stopped" / "metrics.jsonl") == train_records(straight / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_test_only_evaluates_given_weights_without_training(sample_dataset, tmp_path):
     common = ["--train-subset", "2", "--val-subset", "1", "--batch-size", "2", "--epochs", "1"]
     run(TRAIN + quick_args(sample_dataset, tmp_path / "train", *common), tmp_path)
     weights = tmp_path / "train" / "checkpoint_epoch0000"
     out = run(TRAIN + quick_args(sample_dataset, tmp_path / "eval", *common, "--test-only", "--weights",
-                                 str(weights)), tmp_path)
+                                 str(weights)), tmp_path).stdout
     assert "COCO bbox evaluation: 1 images" in out and "Average Precision" in out and "epoch 0 [" not in out
-    assert sorted(os.listdir(tmp_path / "eval")) == ["args.json", "detections_test.json", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path / "eval")) == [".lock", "args.json", "detections_test.json", "metrics.jsonl"]
     assert [r["type"] for r in read_metrics(tmp_path / "eval" / "metrics.jsonl")] == ["eval"]
     # Weights that do not fit (another class count) are refused, naming the file.
     other = tmp_path / "other"
@@ -273,23 +400,22 @@ def test_test_only_evaluates_given_weights_without_training(sample_dataset, tmp_
     from cv.detection.ssd300_vgg16 import ssd300_vgg16
 
     flow.save(ssd300_vgg16(num_classes=3).state_dict(), str(other / "w"))
-    bad = subprocess.run(TRAIN + quick_args(sample_dataset, tmp_path / "eval2", *common, "--test-only",
-                                            "--weights", str(other / "w")), cwd=tmp_path, capture_output=True,
-                         text=True)
-    assert bad.returncode == 1 and f"--weights {other / 'w'} does not fit this model (7 classes)" in bad.stderr
+    bad = run(TRAIN + quick_args(sample_dataset, tmp_path / "eval2", *common, "--test-only",
+                                 "--weights", str(other / "w")), tmp_path, expect=1)
+    assert last_line(bad.stderr).startswith(f"error: --weights {other / 'w'} does not fit this model (7 classes)")
 
 
+@pytest.mark.slow
 def test_two_processes_train_identical_weights_and_only_rank0_writes(sample_dataset, tmp_path):
     out_dir, cwd = tmp_path / "out", tmp_path / "cwd"
     cwd.mkdir()
-    cmd = [sys.executable, "-m", "oneflow.distributed.launch", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), "-m", "cv.detection.ssd300_vgg16.train"]
-    out = run(cmd + quick_args(sample_dataset, out_dir, "--train-subset", "4", "--val-subset", "2",
-                               "--batch-size", "1", "--epochs", "1"), cwd)
+    env = dict(os.environ, NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
+    out = run(["bash", TRAIN_SH] + quick_args(sample_dataset, out_dir, "--train-subset", "4", "--val-subset", "2",
+                                              "--batch-size", "1", "--epochs", "1"), cwd, env=env).stdout
     assert "2 process(es) x 1 images" in out
     assert "weights identical on all 2 ranks (71 tensors compared)" in out
     assert out.count("saved ") == 1 and "COCO bbox evaluation: 2 images" in out
-    assert sorted(os.listdir(out_dir)) == ["args.json", "checkpoint_epoch0000", "checkpoints.json",
+    assert sorted(os.listdir(out_dir)) == [".lock", "args.json", "checkpoint_epoch0000", "checkpoints.json",
                                           "detections_epoch0000.json", "metrics.jsonl", "training.png"]
     assert os.listdir(cwd) == []
     records = read_metrics(out_dir / "metrics.jsonl")
@@ -297,6 +423,114 @@ def test_two_processes_train_identical_weights_and_only_rank0_writes(sample_data
     assert [(r["type"], r.get("iter")) for r in records] == [("train", 1), ("train", 2), ("eval", None)]
     assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in records[:2])
     assert set(records[2]) >= {"AP", "AP50", "AR100"}
-    payload = ckpt.load_checkpoint(out_dir / "checkpoint_epoch0000")
+    payload = ckpt.load(out_dir / "checkpoint_epoch0000")
     assert payload["iteration"] == 2 and payload["meta"]["num_classes"] == 7
     assert json.loads((out_dir / "args.json").read_text())["batch_size"] == 1
+
+
+# --- the training program: what goes wrong ends in one line ------------------------------------------------------
+
+
+def nan_weights(directory, num_classes=7):
+    """A state dict of SSD300 for ``num_classes`` whose classification head holds a NaN: the loss is NaN at once."""
+    from cv.detection.ssd300_vgg16 import ssd300_vgg16
+
+    flow.manual_seed(0)
+    state = ssd300_vgg16(num_classes=num_classes).state_dict()
+    key = "head.classification_head.module_list.0.weight"
+    weight = state[key].numpy().copy()
+    weight[0, 0, 0, 0] = float("nan")
+    state[key] = flow.tensor(weight)
+    flow.save(state, str(directory))
+    return directory
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_failures_end_in_one_line_through_train_sh(sample_dataset, tmp_path, nproc):
+    env = dict(os.environ, NPROC_PER_NODE=str(nproc), MASTER_PORT=str(free_port()))
+    base = ["--train-subset", "2", "--val-subset", "1", "--batch-size", "1", "--epochs", "1"]
+
+    def fails(*args, data=sample_dataset, env=env):
+        res = run(["bash", TRAIN_SH, *quick_args(data, tmp_path / "out", *base, *args)], tmp_path, env=env, expect=1)
+        assert "Traceback" not in res.stderr and "CalledProcessError" not in res.stderr, res.stderr[-2000:]
+        return last_line(res.stderr)
+
+    suffix = f" (process 0 of {nproc})" if nproc > 1 else ""
+    line = fails("--weights", str(nan_weights(tmp_path / "nan")))
+    assert line.startswith("error: non-finite loss at epoch 0, iteration 0 of ") and line.endswith(suffix)
+    assert fails("--resume", str(tmp_path / "missing")) == f"error: no checkpoint at {tmp_path / 'missing'} " \
+        f"(a checkpoint is a directory written by flow.save){suffix}"
+    bad = tmp_path / "bad_data"
+    (bad / "annotations").mkdir(parents=True)
+    (bad / "annotations" / "instances_train2017.json").write_text('{"images": [], "annotations": [')
+    assert fails(data=bad).startswith(f"error: {bad / 'annotations' / 'instances_train2017.json'}: not valid JSON")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert fails(env=dict(env, MASTER_PORT=str(port))).startswith(
+            f"error: MASTER_PORT {port} on MASTER_ADDR 127.0.0.1 cannot be used")
+
+
+@pytest.mark.slow
+def test_output_dir_problems_and_a_second_run_are_one_line(sample_dataset, tmp_path):
+    base = quick_args(sample_dataset, tmp_path / "out", "--train-subset", "2", "--val-subset", "1",
+                      "--batch-size", "1", "--epochs", "1")
+    (tmp_path / "file").write_text("x")
+    res = run(TRAIN + base + ["--output-dir", str(tmp_path / "file")], tmp_path, expect=1)
+    assert last_line(res.stderr) == f"error: --output-dir {tmp_path / 'file'} is a file, not a directory"
+    # A second run into the output directory of a running one is refused before it writes anything.
+    first = subprocess.Popen(["bash", TRAIN_SH, *base, "--epochs", "50"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in first.stdout:
+            if line.startswith("training on"):
+                break
+        res = run(TRAIN + base, tmp_path, expect=1)
+        assert last_line(res.stderr).startswith(f"error: {tmp_path / 'out'} is in use by another training run (pid ")
+        assert "checkpoint_epoch0000" not in os.listdir(tmp_path / "out")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
+@pytest.mark.slow
+def test_weights_and_resume_never_run_a_crafted_pickle(sample_dataset, tmp_path):
+    """Weights are code under flow.load: a checkpoint whose pickled_data runs `touch MARKER` is refused by every
+    loading path of the training program, naming the file and the global, and the marker never appears."""
+    run(TRAIN + quick_args(sample_dataset, tmp_path / "out", "--train-subset", "1", "--val-subset", "1",
+                           "--batch-size", "1", "--epochs", "1", "--eval-every", "9"), tmp_path)
+    evil = tmp_path / "out" / "checkpoint_epoch0000"
+    marker = tmp_path / "pwned"
+    plant_payload(evil, marker)
+    common = quick_args(sample_dataset, tmp_path / "out2", "--train-subset", "1", "--val-subset", "1",
+                        "--batch-size", "1", "--epochs", "2")
+    for flags in (["--weights", str(evil)], ["--resume", str(evil)], ["--test-only", "--weights", str(evil)]):
+        res = run(["bash", TRAIN_SH, *common, *flags], tmp_path, expect=1)
+        assert last_line(res.stderr) == (f"error: refusing to load {evil / 'pickled_data'}: it asks for the Python "
+                                         "global posix.system, which saved weights never need (only tensors, numbers, "
+                                         "strings and containers are loaded; a file that asks for more may run code "
+                                         "on this machine)")
+        assert not marker.exists()
+    # --resume auto finds the crafted checkpoint unusable and says so, then starts from scratch (nothing else).
+    res = run(["bash", TRAIN_SH, *quick_args(sample_dataset, tmp_path / "out", "--train-subset", "1",
+                                             "--val-subset", "1", "--batch-size", "1", "--epochs", "1",
+                                             "--resume", "auto")], tmp_path)
+    assert "checkpoint_epoch0000 named latest in checkpoints.json is unusable (refusing to load" in res.stdout
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_with_the_latest_intact_checkpoint_named(sample_dataset, tmp_path, small_disk):
+    """The output directory on a disk with room for one checkpoint of SSD300 (7 classes, with SGD momentum:
+    ~210 MB) but not two: the second save fails, leaves nothing, and the error names the intact one."""
+    out = small_disk(300)
+    res = run(TRAIN + quick_args(sample_dataset, out, "--train-subset", "1", "--val-subset", "1", "--batch-size",
+                                 "1", "--epochs", "2", "--eval-every", "9"), tmp_path, expect=1)
+    assert last_line(res.stderr).startswith(f"error: cannot write checkpoint {out / 'checkpoint_epoch0001'} (No "
+                                            "space left on device); nothing of it was kept. The latest intact "
+                                            f"checkpoint is {out / 'checkpoint_epoch0000'}")
+    assert sorted(os.listdir(out)) == [".lock", "args.json", "checkpoint_epoch0000", "checkpoints.json",
+                                       "detections_epoch0001.json", "metrics.jsonl"]
+    assert ckpt.load(ckpt.latest_checkpoint(out))["epoch"] == 0

@@ -126,10 +126,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     if boxes.shape[0] == 0:
         return flow.zeros(0, dtype=flow.int64, device=boxes.device)
     if boxes.device.type == "cuda":
-        # Offsetting each category by more than the extent of all boxes makes boxes of different categories
-        # disjoint, so one NMS over everything keeps the categories apart.
-        offsets = idxs.to(boxes.dtype) * (boxes.max() + 1)
-        return flow.nms(boxes + offsets[:, None], scores, iou_threshold)
+        return kernel_nms(boxes, scores, idxs, iou_threshold, flow.nms)
     boxes_np, scores_np, idxs_np = boxes.numpy(), scores.numpy(), idxs.numpy()
     # Group by category, and within a category by decreasing score (stable: ties keep the lower index first).
     order = np.lexsort((np.arange(len(scores_np)), -scores_np, idxs_np))
@@ -144,6 +141,23 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     # Across categories, the result is ordered by decreasing score (ties: lower index first).
     kept = kept[np.lexsort((kept, -scores_np[kept]))]
     return flow.tensor(kept, dtype=flow.int64, device=boxes.device)
+
+
+def kernel_nms(boxes, scores, idxs, iou_threshold, kernel):
+    """:func:`batched_nms` through a single-class NMS kernel ``kernel(boxes, scores, iou_threshold) -> kept indices``
+    (``flow.nms`` on CUDA), with the documented order whatever the kernel does with equal scores.
+
+    Offsetting each category by more than the extent of all boxes makes boxes of different categories disjoint, so
+    one NMS over everything keeps the categories apart. The kernel gets the boxes already in the documented order
+    (decreasing score, ties by lower index) with strictly decreasing stand-in scores, so a kernel that sorts by
+    score, stably or not, visits them in that order and suppresses exactly as greedy NMS in that order does.
+    """
+    scores_np = scores.detach().cpu().numpy()
+    order = flow.tensor(np.lexsort((np.arange(len(scores_np)), -scores_np)), dtype=flow.int64, device=boxes.device)
+    offsets = idxs.to(boxes.dtype) * (boxes.max() + 1)
+    shifted = (boxes + offsets[:, None])[order]
+    ranks = flow.arange(len(scores_np), 0, -1, device=boxes.device).to(boxes.dtype)
+    return order[kernel(shifted, ranks, iou_threshold)]
 
 
 # Elements of one [chunk, K, K] float32 temporary in grouped_nms_numpy (2.5 MB: fits a CPU's cache).

@@ -12,15 +12,15 @@ Only what SSD uses is decoded: boxes and categories, never segmentation masks. T
 oneflow: it runs in DataLoader worker processes, and samples stay NumPy arrays until the training process
 turns a batch into tensors (:func:`to_tensors`).
 """
-import contextlib
-import io
+import itertools
 import json
 import logging
+import math
 import os
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cv.detection.transforms import to_chw_float
 
@@ -81,29 +81,55 @@ def read_annotations(path):
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: missing or malformed '{key}' list")
-    image_ids = {img.get("id") for img in data["images"]}
-    category_ids = {c.get("id") for c in data["categories"]}
+    image_ids = set()
+    for img in data["images"]:
+        if not isinstance(img, dict):
+            raise ValueError(f"{path}: an entry of 'images' is not an object: {str(img)[:80]}")
+        for key, kind in (("id", int), ("file_name", str), ("width", int), ("height", int)):
+            value = img.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and key != "id" and value < 1):
+                raise ValueError(f"{path}: image {img.get('id', '?')} has no valid '{key}' (got {value!r})")
+        image_ids.add(img["id"])
+    category_ids = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
     for ann in data["annotations"]:
+        if not isinstance(ann, dict):
+            raise ValueError(f"{path}: an entry of 'annotations' is not an object: {str(ann)[:80]}")
         if ann.get("image_id") not in image_ids:
             raise ValueError(f"{path}: annotation {ann.get('id')} refers to unknown image id {ann.get('image_id')}")
         if ann.get("category_id") not in category_ids:
             raise ValueError(f"{path}: annotation {ann.get('id')} (image {ann.get('image_id')}) refers to unknown "
                              f"category id {ann.get('category_id')}")
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and
+                                                                  not isinstance(v, bool) for v in bbox)):
             raise ValueError(f"{path}: annotation {ann.get('id')} (image {ann.get('image_id')}) has a malformed "
                              f"bbox {bbox!r}: expected [x, y, width, height]")
+        if not all(math.isfinite(v) for v in bbox):
+            raise ValueError(f"{path}: annotation {ann.get('id')} (image {ann.get('image_id')}) has a non-finite "
+                             f"bbox {bbox!r}")
     return data
 
 
-def load_rgb(path):
+def load_rgb(path, exif_transpose=False):
     """The image at ``path`` as an RGB PIL image, whatever its mode; raises ``OSError`` for unreadable files.
 
     16-bit and 32-bit grayscale are scaled to 8 bits (PIL's own conversion would clip them to white); palette
-    and alpha images are converted by PIL (alpha is dropped); CMYK and grayscale by PIL.
+    and alpha images are converted by PIL (alpha is dropped); CMYK and grayscale by PIL. The pixels are the stored
+    ones (COCO's boxes refer to them) unless ``exif_transpose``: then turned as the EXIF orientation says, as image
+    viewers show them. A "decompression bomb" (an image over twice Pillow's ``Image.MAX_IMAGE_PIXELS``, 179 million
+    pixels by default) is an OSError too.
     """
+    try:
+        return _load_rgb(path, exif_transpose)
+    except Image.DecompressionBombError as e:
+        raise OSError(f"refused as a decompression bomb ({e})") from None
+
+
+def _load_rgb(path, exif_transpose):
     with Image.open(path) as img:
         img.load()  # decode now: a truncated or corrupt file fails here, not later in a transform
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = np.asarray(img, dtype=np.float64)
             top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -198,19 +224,6 @@ class CocoDetection:
     def image_id(self, index):
         return self.images[index][0]
 
-    def coco(self):
-        """The annotation file as a ``pycocotools.coco.COCO`` (the ground truth for evaluation), built once from
-        the already-checked data rather than by reading the file again."""
-        if self._coco is None:
-            from pycocotools.coco import COCO
-
-            coco = COCO()
-            coco.dataset = self.dataset
-            with contextlib.redirect_stdout(io.StringIO()):  # "creating index... index created!"
-                coco.createIndex()
-            self._coco = coco
-        return self._coco
-
     def _read(self, index):
         image_id, path, h, w, boxes, labels = self.images[index]
         try:
@@ -254,12 +267,13 @@ def collate(batch):
 
 
 def to_tensors(images, targets, device="cpu"):
-    """Turn a collated batch into the model's input: lists of oneflow tensors on ``device``."""
+    """Turn a collated batch into the model's input: lists of oneflow tensors, images on ``device``. Targets stay
+    on the host: the loss reads them there to pad the batch, then moves the padded batch once."""
     import oneflow as flow
 
     images = [flow.tensor(im, device=device) for im in images]
-    targets = [{"boxes": flow.tensor(t["boxes"], dtype=flow.float32, device=device).reshape(-1, 4),
-                "labels": flow.tensor(t["labels"], dtype=flow.int64, device=device).reshape(-1),
+    targets = [{"boxes": flow.tensor(t["boxes"], dtype=flow.float32).reshape(-1, 4),
+                "labels": flow.tensor(t["labels"], dtype=flow.int64).reshape(-1),
                 "image_id": t["image_id"]} for t in targets]
     return images, targets
 
@@ -268,21 +282,33 @@ def make_loader(dataset, batch_size, workers=2, shuffle=True, distributed=False,
     """A DataLoader over ``dataset`` with :func:`collate`.
 
     The order depends only on ``seed`` and the epoch (call :func:`set_epoch` before each epoch), never on how
-    many epochs this loader has run: a resumed run sees the same batches as an uninterrupted one. With
-    ``distributed``, each rank reads its own shard; the last shard is padded with repeated images, which the
-    evaluator de-duplicates.
+    many epochs this loader has run, and an epoch can begin part-way: a resumed run sees the same batches as an
+    uninterrupted one. With ``distributed``, each rank reads its own shard; the last shard is padded with repeated
+    images, which the evaluator de-duplicates.
     """
     from oneflow.utils.data import DataLoader, DistributedSampler
 
+    class Sampler(DistributedSampler):
+        """OneFlow's DistributedSampler (the epoch-seeded order and the sharding), from index ``start`` on."""
+
+        start = 0
+
+        def __iter__(self):
+            return itertools.islice(super().__iter__(), self.start, None)
+
+        def __len__(self):
+            return super().__len__() - self.start
+
     if distributed:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler = Sampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
     else:
-        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
+        sampler = Sampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed, drop_last=drop_last)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      drop_last=drop_last and not distributed)
+                      drop_last=drop_last)
 
 
-def set_epoch(loader, epoch):
-    """Select the epoch's shuffle and augmentation draws."""
+def set_epoch(loader, epoch, start=0):
+    """Select the epoch's shuffle and augmentation draws; the epoch's batches begin at batch ``start``."""
     loader.sampler.set_epoch(epoch)
+    loader.sampler.start = start * loader.batch_size
     loader.dataset.set_epoch(epoch)

@@ -1,4 +1,4 @@
-"""COCO bbox evaluation of detector outputs with the official ``pycocotools`` protocol.
+"""COCO bbox evaluation of detector outputs with the official protocol (COCOeval).
 
 The model returns, per image, ``boxes`` (``[x1, y1, x2, y2]`` in pixels of the original image), ``scores`` and
 ``labels`` (contiguous model labels). COCO's tools want something else: results in the official format
@@ -9,21 +9,47 @@ does the conversion (:func:`detections_to_coco_results`) and the bookkeeping (:c
 batches, merging the ranks of a distributed run onto rank 0, de-duplicating images a distributed sampler repeated
 to pad its last batch, writing the results file, and running the evaluation once.
 
+The evaluation itself is ``faster-coco-eval``'s ``COCOeval_faster``, an independent C++ implementation of
+pycocotools' ``COCOeval``: on a COCO-val-sized case (5,000 images, 100 detections each) it gave the same 12 numbers
+as pycocotools 2.0.8 and took 7 s instead of 87 s (see the README). The tests check that both agree on our data.
+
 ``oneflow`` is imported only where it is needed (rank queries and the distributed gather), so the conversion and
 the single-process evaluation also work on plain numpy arrays.
 """
-import contextlib
-import io
-import os
-import pickle
-
 import numpy as np
 
-from cv.detection.atomic import write_json_atomically
+from cv.detection import fileio
 
 # Names of ``COCOeval.stats``, in pycocotools' order (IoU=.50:.95 unless named; s/m/l are the area ranges;
 # AR1/AR10/AR100 are the recall with at most 1/10/100 detections per image).
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+# The summary table's rows, in STAT_NAMES order, as pycocotools prints them: (kind, IoU, area, max detections).
+_TABLE = [("Precision", "0.50:0.95", "all", 100), ("Precision", "0.50", "all", 100),
+          ("Precision", "0.75", "all", 100), ("Precision", "0.50:0.95", "small", 100),
+          ("Precision", "0.50:0.95", "medium", 100), ("Precision", "0.50:0.95", "large", 100),
+          ("Recall", "0.50:0.95", "all", 1), ("Recall", "0.50:0.95", "all", 10), ("Recall", "0.50:0.95", "all", 100),
+          ("Recall", "0.50:0.95", "small", 100), ("Recall", "0.50:0.95", "medium", 100),
+          ("Recall", "0.50:0.95", "large", 100)]
+
+
+def format_table(stats):
+    """The 12 COCO numbers as the table pycocotools' ``COCOeval.summarize`` prints (users know it by heart)."""
+    return "\n".join(f" {'Average ' + kind:<18} ({'AP' if kind == 'Precision' else 'AR'}) @[ IoU={iou:<9} | "
+                     f"area={area:>6s} | maxDets={dets:>3d} ] = {stats[name]:0.3f}"
+                     for name, (kind, iou, area, dets) in zip(STAT_NAMES, _TABLE))
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def ground_truth(dataset):
+    """The annotation file's content (a dict) as the evaluator's ground truth (``faster_coco_eval.COCO``)."""
+    from faster_coco_eval import COCO
+
+    return COCO(dataset, print_function=_quiet)
+
 
 # Pixel coordinates to 2 decimals: far below the annotation precision, and it keeps the results file small.
 BBOX_DECIMALS = 2
@@ -47,12 +73,14 @@ def _as_int(x):
     return int(a.reshape(()).item())
 
 
-def _convert_image(image_id, detection, label_to_category_id):
+def _convert_image(image_id, detection, label_to_category_id, dropped=None):
     """One image's detections as a float64 array ``[N, 6]`` of ``x, y, w, h, score, category_id``.
 
     The boxes are rounded to :data:`BBOX_DECIMALS` here, once, so that what is evaluated is exactly what the
-    results file holds (the file alone reproduces the numbers). Raises ValueError for malformed arrays or a label
-    that ``label_to_category_id`` does not know (naming the label and the image).
+    results file holds (the file alone reproduces the numbers). Detections whose label has no category in
+    ``label_to_category_id`` are left out and counted per label in ``dropped`` (a dict): a 91-way COCO model scores
+    every COCO id, also those a dataset (a COCO subset, or COCO's ten unused ids) does not have, and pycocotools
+    ignores detections of categories the ground truth lacks. Raises ValueError for malformed arrays.
     """
     try:
         boxes, scores, labels = (_as_numpy(detection[k]) for k in ("boxes", "scores", "labels"))
@@ -63,23 +91,21 @@ def _convert_image(image_id, detection, label_to_category_id):
     if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) != n or labels.shape != (n,) or scores.shape != (n,):
         raise ValueError(f"image {image_id}: boxes {boxes.shape}, scores {scores.shape} and labels {labels.shape} "
                          "must be [N, 4], [N] and [N]")
-    out = np.empty((n, 6), dtype=np.float64)
-    if n == 0:
-        return out
-    boxes = boxes.astype(np.float64)
+    # Map the distinct labels only (a few per image), then broadcast back: cheaper than a per-detection lookup.
+    unique, inverse = np.unique(labels.astype(np.int64), return_inverse=True)
+    categories = np.asarray([label_to_category_id.get(label, np.nan) for label in unique.tolist()], dtype=np.float64)
+    category = categories[inverse]
+    known = ~np.isnan(category)
+    if dropped is not None and not known.all():
+        for label, count in zip(*np.unique(labels[~known], return_counts=True)):
+            dropped[int(label)] = dropped.get(int(label), 0) + int(count)
+    boxes = boxes[known].astype(np.float64)
+    out = np.empty((len(boxes), 6), dtype=np.float64)
     out[:, 0:2] = boxes[:, 0:2]
     out[:, 2:4] = boxes[:, 2:4] - boxes[:, 0:2]  # [x1, y1, x2, y2] -> [x, y, w, h]
     out[:, 0:4] = np.round(out[:, 0:4], BBOX_DECIMALS)
-    out[:, 4] = scores
-    # Map the distinct labels only (a few per image), then broadcast back: cheaper than a per-detection lookup.
-    unique, inverse = np.unique(labels.astype(np.int64), return_inverse=True)
-    categories = []
-    for label in unique.tolist():
-        if label not in label_to_category_id:
-            raise ValueError(f"image {image_id}: label {label} has no category id "
-                             f"(known labels: {sorted(label_to_category_id)})")
-        categories.append(label_to_category_id[label])
-    out[:, 5] = np.asarray(categories, dtype=np.float64)[inverse]
+    out[:, 4] = scores[known]
+    out[:, 5] = category[known]
     return out
 
 
@@ -114,9 +140,10 @@ def detections_to_coco_results(image_ids, detections, label_to_category_id):
         (``[x, y, w, h]`` floats rounded to 2 decimals) and ``score`` (float); images without detections
         contribute nothing.
 
+    Detections of labels that are not in the mapping are left out (see :func:`_convert_image`).
+
     Raises:
-        ValueError: the two sequences differ in length, arrays are malformed, or a label is not in the mapping
-            (the message names the label and the image id).
+        ValueError: the two sequences differ in length, or arrays are malformed (naming the image id).
     """
     image_ids, detections = list(image_ids), list(detections)
     if len(image_ids) != len(detections):
@@ -136,12 +163,33 @@ def _rank_and_world_size():
     return flow.env.get_rank(), flow.env.get_world_size()
 
 
+def _all_gather_arrays(array):
+    """Every rank's 1-D float64 ``array`` (lengths may differ), in rank order, on every rank.
+
+    oneflow 0.9's ``oneflow.comm`` has tensor collectives only, with equal shapes: first every length travels, then
+    the arrays padded to the longest. CPU tensors (oneflow puts a process's CPU tensors on ``cpu:<local rank>``, as
+    ``all_gather`` requires) whether or not the model runs on a GPU: this is host data anyway. Plain numbers, never a
+    pickle: nothing a rank sends can run code on another.
+    """
+    import oneflow as flow
+
+    world_size = flow.env.get_world_size()
+    lengths = [None] * world_size
+    flow.comm.all_gather(lengths, flow.tensor([len(array)], dtype=flow.int64))
+    lengths = [int(t.numpy()[0]) for t in lengths]
+    padded = np.zeros(max(lengths), dtype=np.float64)
+    padded[:len(array)] = array
+    chunks = [None] * world_size
+    flow.comm.all_gather(chunks, flow.tensor(padded, dtype=flow.float64))
+    return [chunk.numpy()[:length] for chunk, length in zip(chunks, lengths)]
+
+
 class CocoEvaluator:
     """Accumulate detections batch by batch (on every rank), merge them on rank 0, evaluate once with COCOeval.
 
     Usage, on every rank::
 
-        evaluator = CocoEvaluator(coco_gt, dataset.label_to_category_id)
+        evaluator = CocoEvaluator(dataset.dataset, dataset.label_to_category_id)
         for images, targets in loader:
             evaluator.update([t["image_id"] for t in targets], model(images))
         evaluator.gather()                          # collective: every rank must call it
@@ -149,12 +197,15 @@ class CocoEvaluator:
 
     Each image counts once: the first copy of an image's detections is kept and later copies are ignored, because
     a distributed sampler pads the last batch by repeating images (possibly on another rank) and a repeated image
-    would count its ground truth twice.
+    would count its ground truth twice. Detections of labels without a category in the annotation file are left
+    out and counted in ``dropped`` (label -> count), and :meth:`summarize` says so once.
     """
 
-    def __init__(self, coco_gt, label_to_category_id):
-        """``coco_gt``: a ``pycocotools.coco.COCO`` with the ground truth; ``label_to_category_id``: model label ->
-        category id of that file (every category id must exist in ``coco_gt``)."""
+    def __init__(self, gt_dataset, label_to_category_id):
+        """``gt_dataset``: the annotation file's content (a dict with ``images``, ``annotations``,
+        ``categories``); ``label_to_category_id``: model label -> category id of that file (every category id must
+        exist in it)."""
+        coco_gt = ground_truth(gt_dataset)
         unknown = sorted(set(label_to_category_id.values()) - set(coco_gt.getCatIds()))
         if unknown:
             raise ValueError(f"category ids {unknown} of label_to_category_id are not in the ground truth")
@@ -165,6 +216,7 @@ class CocoEvaluator:
         # (its ground truth is missed), so the evaluated ids are recorded apart from whether anything was found.
         self._per_image = {}
         self.duplicates = 0  # repeated images ignored (padding of distributed samplers)
+        self.dropped = {}  # label -> detections left out because the label has no category
         self._gathered = False
 
     @property
@@ -177,7 +229,7 @@ class CocoEvaluator:
 
         Images with empty detections are recorded as evaluated. An image already recorded is ignored. Raises
         ValueError for an image id not in the ground truth (pycocotools would only fail, opaquely, at the end) or
-        for the conditions listed in :func:`detections_to_coco_results`.
+        for malformed detections.
         """
         image_ids, detections = list(image_ids), list(detections)
         if len(image_ids) != len(detections):
@@ -186,54 +238,40 @@ class CocoEvaluator:
             image_id = _as_int(image_id)
             if image_id not in self.coco_gt.imgs:
                 raise ValueError(f"image id {image_id} is not in the ground truth")
-            rows = _convert_image(image_id, detection, self.label_to_category_id)
             if image_id in self._per_image:
                 self.duplicates += 1
                 continue
-            self._per_image[image_id] = rows
+            self._per_image[image_id] = _convert_image(image_id, detection, self.label_to_category_id, self.dropped)
         self._gathered = False
-
-    def _merge(self, per_image):
-        for image_id, rows in per_image.items():
-            if image_id in self._per_image:
-                self.duplicates += 1
-            else:
-                self._per_image[image_id] = rows
 
     def gather(self):
         """Merge every rank's results onto rank 0 (a no-op in a single process).
 
         A collective: every rank must call it, after its last :meth:`update`. Afterwards rank 0 holds the
         de-duplicated union (rank order, then the order of each rank's updates); the other ranks keep their own
-        results, which :meth:`summarize` ignores there.
-
-        Mechanism: oneflow 0.9's ``oneflow.comm`` has tensor collectives only (no ``all_gather_object``), so each
-        rank pickles its ``{image_id: array}`` into a uint8 tensor and the bytes travel with two
-        ``oneflow.comm.all_gather`` calls: first every payload's length (the collective needs equal shapes), then
-        the payloads padded to the longest. This needs no shared file system and no output directory, and
-        ``all_gather`` itself synchronises the ranks. The tensors are CPU tensors (oneflow puts a process's CPU
-        tensors on ``cpu:<local rank>``, as ``all_gather`` requires), whether or not the model runs on a GPU: the
-        payload is bytes for the host anyway, and no rank-to-GPU binding has to be guessed. Every rank receives every
-        payload (oneflow's ``gather`` to one rank is not used, as ``all_gather`` is the collective known to work
-        on CPU here); for a COCO-sized validation set that is tens of MB per rank, once.
+        results, which :meth:`summarize` ignores there. Each rank sends three arrays of numbers (its image ids, its
+        detections with their image id, its dropped counts); for a COCO-sized validation set that is tens of MB
+        per rank, once.
         """
         rank, world_size = _rank_and_world_size()
         if world_size > 1:
-            import oneflow as flow
-
-            payload = np.frombuffer(pickle.dumps(self._per_image, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
-            lengths = [None] * world_size
-            flow.comm.all_gather(lengths, flow.tensor([len(payload)], dtype=flow.int64))
-            lengths = [int(t.numpy()[0]) for t in lengths]
-            padded = np.zeros(max(lengths), dtype=np.uint8)
-            padded[:len(payload)] = payload
-            chunks = [None] * world_size
-            flow.comm.all_gather(chunks, flow.tensor(padded, dtype=flow.uint8))
+            ids = np.asarray(list(self._per_image), dtype=np.float64)
+            rows = [np.column_stack([np.full(len(r), i, dtype=np.float64), r]) for i, r in self._per_image.items()]
+            rows = np.concatenate(rows).ravel() if rows else np.zeros(0)
+            dropped = np.asarray(list(self.dropped.items()), dtype=np.float64).ravel()
+            all_ids, all_rows, all_dropped = (_all_gather_arrays(a) for a in (ids, rows, dropped))
             if rank == 0:
                 # Rank 0's own results come first as they are; the other ranks' are appended, skipping images
                 # already present (so a second gather() changes no result).
-                for chunk, length in zip(chunks[1:], lengths[1:]):
-                    self._merge(pickle.loads(chunk.numpy()[:length].tobytes()))
+                for ids, rows, dropped in zip(all_ids[1:], all_rows[1:], all_dropped[1:]):
+                    rows = rows.reshape(-1, 7)
+                    for image_id in ids.astype(np.int64).tolist():
+                        if image_id in self._per_image:
+                            self.duplicates += 1
+                        else:
+                            self._per_image[image_id] = rows[rows[:, 0] == image_id, 1:]
+                    for label, count in dropped.reshape(-1, 2).astype(np.int64).tolist():
+                        self.dropped[label] = self.dropped.get(label, 0) + count
         self._gathered = True
 
     def summarize(self, output_json=None):
@@ -246,9 +284,8 @@ class CocoEvaluator:
         Returns:
             On rank 0 a dict of the 12 stats (:data:`STAT_NAMES`: ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``,
             ``APl``, ``AR1``, ``AR10``, ``AR100``, ``ARs``, ``ARm``, ``ARl``); on other ranks None (nothing is
-            written there). Without any detection all stats are 0 and a note is printed (pycocotools cannot load an
-            empty result list). As in pycocotools, a stat is -1 where the evaluated images have no ground truth of
-            that kind (e.g. no small objects).
+            written there). As in pycocotools, a stat is -1 where the evaluated images have no ground truth of that
+            kind (e.g. no small objects).
 
         Raises:
             RuntimeError: in a distributed run when :meth:`gather` was not called after the last update (the result
@@ -261,25 +298,24 @@ class CocoEvaluator:
             return None
         results = _results_from_arrays(self._per_image)
         if output_json is not None:
-            write_json_atomically(output_json, results)
+            fileio.write_json(output_json, results)
         image_ids = sorted(self._per_image)
         note = f" ({self.duplicates} repeated image(s) ignored)" if self.duplicates else ""
         print(f"COCO bbox evaluation: {len(image_ids)} images, {len(results)} detections{note}")
-        if not results:
-            print("No detections at all: every COCO stat is 0 (pycocotools cannot evaluate an empty result list).")
-            return {name: 0.0 for name in STAT_NAMES}
+        if self.dropped:
+            labels = sorted(self.dropped, key=self.dropped.get, reverse=True)
+            print(f"left out {sum(self.dropped.values())} detections of {len(labels)} model labels that have no "
+                  f"category in the annotation file (most: label {labels[0]}, {self.dropped[labels[0]]} times); "
+                  "as pycocotools does, they count neither for nor against the AP")
+        from faster_coco_eval import COCOeval_faster
 
-        from pycocotools.cocoeval import COCOeval
-
-        # pycocotools narrates each step ("Loading and preparing results...", "DONE (t=...)"); keep only the
-        # summary table users expect. loadRes adds fields to the dicts it gets, hence after the file is written.
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = self.coco_gt.loadRes(results)
-            coco_eval = COCOeval(self.coco_gt, coco_dt, "bbox")
-            # Exactly the evaluated images: ground truth of images never evaluated must not count as missed, and
-            # an evaluated image without detections must.
-            coco_eval.params.imgIds = image_ids
-            coco_eval.evaluate()
-            coco_eval.accumulate()
+        coco_eval = COCOeval_faster(self.coco_gt, self.coco_gt.loadRes(results), "bbox", print_function=_quiet)
+        # Exactly the evaluated images: ground truth of images never evaluated must not count as missed, and an
+        # evaluated image without detections must.
+        coco_eval.params.imgIds = image_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
         coco_eval.summarize()
-        return {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+        stats = {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
+        print(format_table(stats))
+        return stats

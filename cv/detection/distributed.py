@@ -1,5 +1,7 @@
-"""Small helpers for runs under ``python -m oneflow.distributed.launch`` (OneFlow reads the rank and world size
-from the environment the launcher sets; a plain ``python`` run is rank 0 of 1)."""
+"""Small helpers for runs under :mod:`cv.detection.launch` (OneFlow reads the rank and world size from the
+environment the launcher sets; a plain ``python`` run is rank 0 of 1)."""
+import os
+
 import oneflow as flow
 
 
@@ -13,6 +15,12 @@ def world_size():
 
 def is_main():
     return rank() == 0
+
+
+def is_local_main():
+    """The first process of this node (``LOCAL_RANK`` 0): the one that prepares per-node files (a download, the
+    sample dataset) while the others wait, whether or not the nodes share a file system."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def print0(*args, **kwargs):
@@ -33,6 +41,24 @@ def reduce_mean(tensor):
 def barrier():
     if world_size() > 1:
         flow.comm.barrier()
+
+
+def any_rank(flag):
+    """True on every rank if ``flag`` is true on any (a collective: every rank must call it)."""
+    if world_size() == 1:
+        return bool(flag)
+    value = flow.tensor([float(bool(flag))])
+    flow.comm.all_reduce(value)
+    return float(value) > 0
+
+
+def all_gather_ints(values):
+    """Every rank's list of ``len(values)`` ints, in rank order (``[values]`` in a single process)."""
+    if world_size() == 1:
+        return [list(values)]
+    out = [None] * world_size()
+    flow.comm.all_gather(out, flow.tensor(list(values), dtype=flow.int64))
+    return [t.numpy().tolist() for t in out]
 
 
 def check_same_weights(model):

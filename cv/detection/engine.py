@@ -1,10 +1,11 @@
 """Training and evaluation loops shared by the detectors: one epoch of training, one pass of evaluation.
 
-Distributed runs (``oneflow.distributed.launch``) are handled here and in :mod:`cv.detection.distributed`: every
-rank trains on its own shard, losses are averaged across ranks for logging only, and only rank 0 prints and writes.
+Distributed runs (:mod:`cv.detection.launch`) are handled here and in :mod:`cv.detection.distributed`: every rank
+trains on its own shard, losses are averaged across ranks for logging only, and only rank 0 prints and writes.
 """
 import json
 import math
+import signal
 import time
 
 import oneflow as flow
@@ -15,6 +16,36 @@ from cv.detection.coco import set_epoch, to_tensors
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the epoch and iteration."""
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) as a request to stop at the next iteration boundary,
+    where the training program saves a resumable checkpoint. A second Ctrl-C stops at once (KeyboardInterrupt).
+
+    Install in the main thread, before the DataLoader starts its workers (they set their own handlers).
+    """
+
+    def __init__(self):
+        self.signum = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            dist.print0(f"\n{signal.Signals(signum).name} received: stopping after the current iteration "
+                        "(a resumable checkpoint will be saved; press Ctrl-C again to stop at once)")
+        self.signum = signum
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    @property
+    def name(self):
+        """The signal's name; SIGTERM where another rank received the request."""
+        return signal.Signals(self.signum or signal.SIGTERM).name
 
 
 def learning_rate(base_lr, iteration, epoch, warmup_iters, lr_steps, warmup_factor=0.001, gamma=0.1):
@@ -77,26 +108,38 @@ def format_seconds(seconds):
 
 
 def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, print_freq=20, metrics=None,
-                    amp_scaler=None, total_epochs=None):
-    """Train ``model`` for one epoch of ``loader``.
+                    amp_scaler=None, total_epochs=None, start=0, stop=None):
+    """Train ``model`` for one epoch of ``loader``, or for its rest from batch ``start`` (a resumed run).
 
     Args:
         state: the run's counters, updated in place: ``state["iteration"]`` is the global iteration.
         schedule: ``schedule(iteration, epoch) -> lr``, applied before every step.
-        metrics: a :class:`MetricsFile` (rank 0) or None; logged iterations and the epoch summary are written to it.
+        metrics: a :class:`MetricsFile` (rank 0) or None; logged iterations are written to it.
         amp_scaler: a :class:`DynamicLossScaler` to train under ``flow.autocast`` (CUDA only), or None.
         total_epochs: for the ETA.
+        stop: a :class:`StopRequest`; when any rank has one requested, every rank stops after the same iteration.
 
-    Returns the epoch's mean losses. Raises :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
+    Returns the number of this epoch's iterations done (``len`` of the epoch unless stopped). Raises
+    :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
     """
     model.train()
-    set_epoch(loader, epoch)
-    num_iters = len(loader)
+    set_epoch(loader, epoch, start)
+    num_iters = start + len(loader)
     world = dist.world_size()
-    window = {"loss": 0.0, "bbox_regression": 0.0, "classification": 0.0, "images": 0, "iters": 0}
-    totals = {"loss": 0.0, "bbox_regression": 0.0, "classification": 0.0}
+    keys = ("loss", "bbox_regression", "classification")
+    window = dict.fromkeys(keys + ("images", "iters"), 0.0)
     epoch_start = window_start = time.perf_counter()
-    for i, (images, targets) in enumerate(loader):
+    i = start
+    batches = iter(loader)
+    while i < num_iters:
+        try:
+            images, targets = next(batches)
+        except Exception:
+            # Ctrl-C in a terminal also reaches the loader workers, which then exit: no more batches, but the
+            # stop was asked for anyway.
+            if stop is not None and stop.requested:
+                break
+            raise
         lr = schedule(state["iteration"], epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -107,14 +150,17 @@ def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, pr
         else:
             losses = model(images, targets)
         loss = sum(losses.values())
-        # Averaged across ranks for logging only; each rank's gradient is its own (DDP averages those).
-        logged = dist.reduce_mean(flow.stack([loss.detach()] + [v.detach() for v in losses.values()]))
-        values = dict(zip(["loss"] + list(losses), (float(v) for v in logged)))
+        # Averaged across ranks for logging only (each rank's gradient is its own; DDP averages those), together
+        # with the ranks' stop requests, so that all stop after the same iteration.
+        stop_flag = flow.tensor([float(stop is not None and stop.requested)], device=loss.device)
+        logged = dist.reduce_mean(flow.cat([flow.stack([loss.detach()] + [v.detach() for v in losses.values()]),
+                                            stop_flag]))
+        values = dict(zip(keys, (float(v) for v in logged[:3])))
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLossError(
                 f"non-finite loss at epoch {epoch}, iteration {i} of {num_iters} (global {state['iteration']}): "
                 + ", ".join(f"{k}={v}" for k, v in values.items())
-                + ". Training stopped; the last checkpoint in the output directory is from before this epoch.")
+                + ". Training stopped; the latest checkpoint in the output directory is from before this.")
         optimizer.zero_grad()
         if amp_scaler is not None:
             (loss * amp_scaler.scale).backward()
@@ -124,30 +170,32 @@ def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, pr
             loss.backward()
             optimizer.step()
         state["iteration"] += 1
+        i += 1
 
         for k, v in values.items():
             window[k] += v
-            totals[k] += v
         window["images"] += len(images) * world
         window["iters"] += 1
-        if (i + 1) % print_freq == 0 or i + 1 == num_iters:
+        stopping = float(logged[3]) > 0
+        if i % print_freq == 0 or i == num_iters or stopping:
             now = time.perf_counter()
-            per_iter = (now - epoch_start) / (i + 1)
-            remaining = num_iters - i - 1 + num_iters * ((total_epochs or epoch + 1) - epoch - 1)
-            record = {"type": "train", "epoch": epoch, "iter": i + 1, "iters": num_iters,
-                      "iteration": state["iteration"], "lr": lr,
-                      **{k: window[k] / window["iters"] for k in totals},
+            per_iter = (now - epoch_start) / (i - start)
+            remaining = num_iters - i + num_iters * ((total_epochs or epoch + 1) - epoch - 1)
+            record = {"type": "train", "epoch": epoch, "iter": i, "iters": num_iters,
+                      "iteration": state["iteration"], "lr": lr, **{k: window[k] / window["iters"] for k in keys},
                       "images_per_s": window["images"] / max(now - window_start, 1e-9),
                       "eta_s": per_iter * remaining}
-            dist.print0(f"epoch {epoch} [{i + 1:>{len(str(num_iters))}}/{num_iters}]  lr {lr:.3g}  "
+            dist.print0(f"epoch {epoch} [{i:>{len(str(num_iters))}}/{num_iters}]  lr {lr:.3g}  "
                         f"loss {record['loss']:.4f} (box {record['bbox_regression']:.4f}, "
                         f"cls {record['classification']:.4f})  {record['images_per_s']:.2f} img/s  "
                         f"eta {format_seconds(record['eta_s'])}")
             if metrics is not None:
                 metrics.write(record)
-            window = dict.fromkeys(window, 0)
+            window = dict.fromkeys(window, 0.0)
             window_start = now
-    return {k: v / max(num_iters, 1) for k, v in totals.items()}
+        if stopping:
+            break
+    return i
 
 
 @flow.no_grad()

@@ -9,7 +9,6 @@ import os
 import warnings
 
 import oneflow as flow
-import oneflow.nn.functional as F
 from oneflow import nn
 
 from cv.detection.anchors import DefaultBoxGenerator
@@ -132,24 +131,57 @@ def freeze_vgg_stages(backbone, trainable_layers):
             p.requires_grad_(False)
 
 
-# Where the published COCO weights are downloaded from can be changed (a mirror, or file:///path/to/the.tar.gz).
-PRETRAINED_URL_ENV = "SSD300_VGG16_URL"
+# Where the published weights are downloaded from can be changed (a mirror, or file:///path/to/the.tar.gz).
+URL_ENV = {"coco": "SSD300_VGG16_URL", "vgg16_backbone": "SSD300_VGG16_BACKBONE_URL"}
+PRETRAINED_URL_ENV = URL_ENV["coco"]
+# The largest weights download or extraction accepted: SSD300-VGG16's weights are 143 MB (float32, 91 classes), a
+# training checkpoint with SGD momentum twice that. A tarball that unpacks to more is refused as a likely
+# decompression bomb; raise the limit for other models with this variable (in MB).
+MAX_WEIGHTS_MB_ENV = "SSD300_VGG16_MAX_WEIGHTS_MB"
+MAX_WEIGHTS_MB = 600
+
+
+def max_weights_bytes():
+    text = os.environ.get(MAX_WEIGHTS_MB_ENV, "")
+    try:
+        megabytes = float(text) if text.strip() else MAX_WEIGHTS_MB
+    except ValueError:
+        raise ValueError(f"{MAX_WEIGHTS_MB_ENV}={text!r} is not a number of megabytes") from None
+    return int(megabytes * 1e6)
 
 
 def weights_url(name):
-    """The address of the published weights ``WEIGHTS[name]`` (for ``"coco"``, ``$SSD300_VGG16_URL`` if set)."""
-    if name == "coco":
-        return os.environ.get(PRETRAINED_URL_ENV, WEIGHTS["coco"]["url"])
-    return WEIGHTS[name]["url"]
+    """The address of the published weights ``WEIGHTS[name]`` (``$SSD300_VGG16_URL`` or
+    ``$SSD300_VGG16_BACKBONE_URL`` if set)."""
+    return os.environ.get(URL_ENV[name]) or WEIGHTS[name]["url"]
 
 
 def load_weights(name, progress=True):
-    """The state dict of the published weights ``WEIGHTS[name]``, downloaded once into the flowvision cache with
-    :mod:`cv.detection.hub` (checksum verified where one is published, safe extraction, and a
-    ``hub.DownloadError`` saying how to place the file by hand when it cannot be fetched)."""
-    from cv.detection import hub
+    """The state dict of the published weights ``WEIGHTS[name]``, fetched once into the flowvision cache (see
+    :func:`load_source`)."""
+    return load_source(weights_url(name), progress=progress)[0]
 
-    return flow.load(hub.resolve_weights(weights_url(name), progress=progress))
+
+def load_source(source, sha256=None, progress=True):
+    """``(payload, meta)`` of a checkpoint directory, an extracted zoo directory, or a zoo tarball (a path or an
+    http(s)/file URL), read without running code from it (:func:`cv.detection.checkpoint.load`). Tarballs go
+    through :mod:`cv.detection.hub` (cached, checksum verified where one is known, extraction size-capped).
+
+    ``meta`` describes the training data (``label_names``, ``label_to_category_id``...): our checkpoints hold it,
+    published tarballs carry it in :data:`~cv.detection.checkpoint.META_FILE`; None when unknown.
+    """
+    from cv.detection import checkpoint, hub
+
+    if not hub.is_url(source) and os.path.isdir(source):
+        if sha256:
+            raise ValueError(f"--sha256 checks a tarball; {source} is a directory")
+        directory = source
+    else:
+        directory = hub.resolve_weights(source, sha256=sha256, progress=progress, max_bytes=max_weights_bytes())
+    payload = checkpoint.load(directory)
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        return payload, payload.get("meta")
+    return payload, checkpoint.read_meta(directory)
 
 
 def ssd300_vgg16(pretrained=False, progress=True, num_classes=91, pretrained_backbone=False,

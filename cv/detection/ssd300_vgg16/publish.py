@@ -1,6 +1,6 @@
 """Turn a training checkpoint into the model zoo's artefacts: a weights-only tarball, its SHA-256, a model card.
 
-    from cv.detection.publish import publish
+    from cv.detection.ssd300_vgg16.publish import publish
     publish("output/ssd300_vgg16/checkpoint_epoch0119", "release/")   # or: scripts/publish.py CHECKPOINT -o DIR
 
 A training checkpoint is for resuming: besides the weights it holds optimizer state (SGD momentum doubles its
@@ -9,7 +9,8 @@ the layout flowvision's ``load_state_dict_from_url`` reads: a gzip tar of ONE di
 ``flow.save(state_dict, dir)``, named like the tarball (flowvision extracts it into its cache and loads
 ``members[0]``). Written into ``output_dir`` (``<name>`` defaults to ``ssd300_vgg16``):
 
-    <name>.tar.gz          <name>/ = flow.save(model state dict): 71 tensors, nothing else
+    <name>.tar.gz          <name>/ = flow.save(model state dict): 71 tensors; and meta.json, the classes'
+                           names and category ids (flowvision's loader ignores it; infer.sh names detections by it)
     <name>.tar.gz.sha256   "<hex digest>  <name>.tar.gz\\n" (``sha256sum -c`` checks it)
     <name>.json            the model card, for programs (architecture, classes, parameter count, evaluation,
     <name>.md              training arguments, source commit, date, digest, usage); the same for people
@@ -17,26 +18,26 @@ the layout flowvision's ``load_state_dict_from_url`` reads: a gzip tar of ONE di
 The tarball is reproducible (same checkpoint -> same bytes, so its digest identifies the weights, not the
 moment of publishing): members sorted, mtime 0, uid/gid 0 without names, fixed modes, gzip header without name or
 time, and tensor directories named by position rather than by OneFlow's process-wide counter (see
-:func:`_save_state_dict`). Everything is written under temporary names and renamed into place; see
-:func:`publish` for what an interrupted run leaves.
+:func:`_save_state_dict`). Every file is written aside and renamed into place (:func:`cv.detection.fileio.atomic_path`);
+see :func:`publish` for what an interrupted run leaves.
 """
 import datetime
-import glob
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import tarfile
+import tempfile
 from collections import OrderedDict
 
 import oneflow as flow
 
 from cv.detection import checkpoint as ckpt
-from cv.detection.hub import file_sha256
+from cv.detection import fileio
 from cv.detection.coco_eval import STAT_NAMES
+from cv.detection.hub import file_sha256
+from cv.detection.ssd300_vgg16 import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARCH = "ssd300_vgg16"
 PAPER = "https://arxiv.org/abs/1512.02325"
 BACKBONE_PAPER = "https://arxiv.org/abs/1409.1556"
@@ -55,7 +56,8 @@ class PublishError(ValueError):
 # ----------------------------------------------------------------------------------------------------- reading
 
 def read_checkpoint(path):
-    """``(state_dict, payload_or_None)`` of a checkpoint of ours (``payload["model"]``) or a bare state dict.
+    """``(state_dict, payload_or_None)`` of a checkpoint of ours (``payload["model"]``) or a bare state dict, read
+    without running code from it (:func:`cv.detection.checkpoint.load`).
 
     Raises FileNotFoundError if ``path`` does not exist, PublishError if it is not something we can publish;
     both name the path."""
@@ -71,7 +73,7 @@ def read_checkpoint(path):
         raise PublishError(f"{path} is a training output directory, not a checkpoint; pass one of its "
                            f"checkpoints ({hint or 'checkpoint_epochNNNN/'})")
     try:
-        payload = ckpt.load_checkpoint(path)
+        payload = ckpt.load(path)
     except ValueError as e:
         raise PublishError(str(e)) from e
     state = ckpt.model_state(payload)
@@ -152,15 +154,6 @@ def _write_tarball(directory, arcname, tar_path):
                         info.mode, info.size = 0o644, os.path.getsize(source)
                         with open(source, "rb") as f:
                             tar.addfile(info, f)
-        raw.flush()
-        os.fsync(raw.fileno())
-
-
-def _write_text(path, text):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def source_commit(repo=REPO):
@@ -191,12 +184,12 @@ def _jsonable(value):
     return repr(value)
 
 
-def build_card(name, checkpoint, state, payload, num_classes, tarball, sha256, size, commit, published):
+def build_card(name, checkpoint, state, payload, num_classes, tarball, sha256, size, commit, published, meta):
     """The model card as a JSON-able dict. Whatever the checkpoint does not record is None and listed in
     ``unknown`` (a bare state dict records only the weights)."""
     payload = payload or {}
-    meta = payload.get("meta") or {}
-    stats = meta.get("stats")
+    trained_on = payload.get("meta") or {}
+    stats = trained_on.get("stats")
     unknown = []
     if meta.get("label_names") is None:
         unknown.append("label_names")
@@ -206,7 +199,7 @@ def build_card(name, checkpoint, state, payload, num_classes, tarball, sha256, s
         unknown.append("training")
     evaluation = None
     if stats is not None:
-        evaluation = {"dataset": meta.get("dataset"), "epoch": payload.get("epoch"),
+        evaluation = {"dataset": trained_on.get("dataset"), "epoch": payload.get("epoch"),
                       "metric": "COCO bbox (pycocotools COCOeval), fractions in 0..1",
                       "box_ap": round(100 * stats["AP"], 1) if "AP" in stats else None,
                       "stats": {k: stats[k] for k in STAT_NAMES if k in stats}}
@@ -330,16 +323,17 @@ def publish(checkpoint, output_dir, name=ARCH):
     """Publish the SSD300-VGG16 weights in ``checkpoint`` into ``output_dir`` (created if needed).
 
     ``checkpoint`` is a checkpoint directory of ``train.py`` (its ``model`` is published, its ``meta``, ``args``
-    and ``epoch`` fill the card) or a bare state-dict directory (the card lists what is unknown). The state dict
-    must load strictly into ``ssd300_vgg16(num_classes)``, ``num_classes`` read off the classification head.
+    and ``epoch`` fill the card) or a bare state-dict directory (the card lists what is unknown; a
+    ``meta.json`` beside its weights is carried along). The state dict must load strictly into
+    ``ssd300_vgg16(num_classes)``, ``num_classes`` read off the classification head.
 
     Returns the card (a dict), plus ``"paths"``: the four files written. Raises FileNotFoundError for a missing
     path, PublishError (a ValueError) for anything that is not an SSD300-VGG16 checkpoint; both name the path.
+    OSError (a full disk...) propagates with nothing of the failed file left behind.
 
-    Every file is written under a temporary name (``.<name>...tmp-<pid>``, removed on failure and by the next
-    run) and renamed into place, so no final name ever holds a partial file. The old ``.sha256`` and cards are
-    removed before the new tarball is renamed in, so an interrupted run may leave a tarball without its digest,
-    never beside a digest or card that describes other weights.
+    Each file is written aside and renamed into place, so no final name ever holds a partial file. The old
+    ``.sha256`` and cards are removed before the new tarball is renamed in, so an interrupted run may leave a
+    tarball without its digest, never beside a digest or card that describes other weights.
     """
     if not name or "." in name or "/" in name or os.sep in name:
         # flowvision derives the extracted directory's name from the file name up to its first dot.
@@ -348,37 +342,28 @@ def publish(checkpoint, output_dir, name=ARCH):
     num_classes, key_order = check_state_dict(state, checkpoint)
     # Weights only, on the CPU, in the model's own key order; no optimizer, RNG, or arguments travel along.
     state = OrderedDict((k, state[k].detach().to("cpu").contiguous()) for k in key_order)
+    meta = (payload or {}).get("meta") or ckpt.read_meta(checkpoint) or {}
+    meta = {"arch": ARCH, "num_classes": num_classes, "label_names": meta.get("label_names"),
+            "label_to_category_id": _jsonable(meta.get("label_to_category_id"))}
 
     os.makedirs(output_dir, exist_ok=True)
-    for stale in glob.glob(os.path.join(output_dir, f".{name}.*tmp-*")):  # leftovers of an interrupted run
-        if os.path.isdir(stale):
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.remove(stale)
     final = {"tarball": f"{name}.tar.gz", "sha256": f"{name}.tar.gz.sha256", "card_json": f"{name}.json",
              "card_md": f"{name}.md"}
     final = {k: os.path.join(output_dir, v) for k, v in final.items()}
-    tmp = {k: os.path.join(output_dir, f".{os.path.basename(v)}.tmp-{os.getpid()}") for k, v in final.items()}
-    weights_dir = os.path.join(output_dir, f".{name}.tmp-{os.getpid()}")
-    try:
+    with tempfile.TemporaryDirectory(prefix="publish-") as work:
+        weights_dir = os.path.join(work, name)
         _save_state_dict(state, weights_dir)
-        _write_tarball(weights_dir, name, tmp["tarball"])
-        shutil.rmtree(weights_dir)
-        sha256, size = file_sha256(tmp["tarball"]), os.path.getsize(tmp["tarball"])
-        _write_text(tmp["sha256"], f"{sha256}  {os.path.basename(final['tarball'])}\n")
-        published = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-        card = build_card(name, checkpoint, state, payload, num_classes, final["tarball"], sha256, size,
-                          source_commit(), published)
-        _write_text(tmp["card_json"], json.dumps(card, indent=1) + "\n")
-        _write_text(tmp["card_md"], render_markdown(card))
+        with open(os.path.join(weights_dir, ckpt.META_FILE), "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=True)
         for key in ("sha256", "card_json", "card_md"):
-            if os.path.exists(final[key]):
-                os.remove(final[key])
-        for key in ("tarball", "sha256", "card_json", "card_md"):
-            os.replace(tmp[key], final[key])
-    finally:
-        shutil.rmtree(weights_dir, ignore_errors=True)
-        for path in tmp.values():
-            if os.path.exists(path):
-                os.remove(path)
+            fileio.remove(final[key])
+        with fileio.atomic_path(final["tarball"]) as tmp:
+            _write_tarball(weights_dir, name, tmp)
+            sha256, size = file_sha256(tmp), os.path.getsize(tmp)
+    fileio.write_bytes(final["sha256"], f"{sha256}  {os.path.basename(final['tarball'])}\n".encode())
+    published = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    card = build_card(name, checkpoint, state, payload, num_classes, final["tarball"], sha256, size,
+                      source_commit(), published, meta)
+    fileio.write_bytes(final["card_json"], (json.dumps(card, indent=1) + "\n").encode())
+    fileio.write_bytes(final["card_md"], render_markdown(card).encode())
     return dict(card, paths=final)

@@ -11,12 +11,13 @@ describing it, so ``infer.sh --backend onnxruntime`` exports once per checkpoint
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 
 import numpy as np
 import oneflow as flow
 from oneflow import nn
+
+from cv.detection import fileio
 
 # oneflow-onnx 0.6.2 writes ReduceSum's axes as an attribute, which opset 13 moved to an input: ONNX Runtime then
 # sums over every axis (measured: the L2-normalised conv4_3 map off by 100%). Opset 12 still takes the attribute.
@@ -61,8 +62,9 @@ def weights_fingerprint(model):
 
 
 def export(model, path, batch_size=1):
-    """Export ``model``'s network for ``batch_size`` images to the ONNX file ``path`` (written aside, then
-    renamed), with ``path + ".json"`` holding the feature-map sizes the post-processing needs. Returns ``path``."""
+    """Export ``model``'s network for ``batch_size`` images to the ONNX file ``path``, with ``path + ".json"``
+    holding the feature-map sizes the post-processing needs; both written aside and renamed into place (the JSON
+    last: an export without it is redone). Returns ``path``."""
     from oneflow_onnx.oneflow2onnx.util import export_onnx_model
 
     model = model.to("cpu").eval()
@@ -71,18 +73,14 @@ def export(model, path, batch_size=1):
     graph(x)  # traced once; the exporter converts the traced job
     with flow.no_grad():
         grid_sizes = [tuple(f.shape[-2:]) for f in model.backbone(x[:1])]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    work = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".onnx-export-")
-    try:
-        onnx_path, cleanup = export_onnx_model(graph, opset=OPSET, onnx_model_path=os.path.join(work, "model.onnx"))
-        cleanup()
-        with open(os.path.join(work, "model.json"), "w") as f:
-            json.dump({"batch_size": batch_size, "size": list(model.size), "grid_sizes": grid_sizes,
-                       "num_classes": model.num_classes, "opset": OPSET}, f)
-        os.replace(os.path.join(work, "model.json"), path + ".json")
-        os.replace(onnx_path, path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    # The exporter reads the weights from a flow.save directory; left to itself it uses a fixed /tmp name that
+    # concurrent exports would share, so it gets one of ours.
+    with tempfile.TemporaryDirectory(prefix="onnx-export-") as work, fileio.atomic_path(path) as tmp:
+        weights = os.path.join(work, "weights")
+        flow.save(graph.state_dict(), weights)
+        export_onnx_model(graph, opset=OPSET, flow_weight_dir=weights, onnx_model_path=tmp)
+    fileio.write_json(path + ".json", {"batch_size": batch_size, "size": list(model.size), "grid_sizes": grid_sizes,
+                                       "num_classes": model.num_classes, "opset": OPSET})
     return path
 
 
