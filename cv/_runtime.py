@@ -11,7 +11,9 @@ Two things about the ``oneflow==0.9.0`` wheel (the only one on PyPI) need care o
   supports: an AVX2 core type on a CPU without AVX2 would crash with an illegal instruction, so the choice is
   made from the CPU's flags. A value the user has set is always kept. ``scripts/benchmark.py`` shows the effect.
 
-Only the standard library is imported here: this module runs in every process of the venv (pip included).
+Both happen when ``cv`` is imported (its ``__init__`` calls :func:`install`), so a program imports ``cv`` (or anything
+from it) before ``oneflow``, as ours do; one that imports ``oneflow`` first is told so once, with what it costs.
+Only the standard library is imported here: it runs before oneflow, in DataLoader workers too.
 """
 import ctypes
 import glob
@@ -19,6 +21,7 @@ import importlib.abc
 import importlib.util
 import os
 import sys
+import warnings
 
 # In dependency order: each library's own needs are loaded before it.
 CUDA_LIBRARIES = (
@@ -102,9 +105,13 @@ class _BeforeOneFlow(importlib.abc.MetaPathFinder):
 
 
 def install():
-    """Arrange for :func:`prepare_oneflow` to run just before oneflow is first imported. Too late (and so a no-op)
-    once oneflow is imported: its libraries are loaded by then."""
+    """Arrange for :func:`prepare_oneflow` to run just before oneflow is first imported. Too late once oneflow is
+    imported (its libraries are loaded by then): then say what that costs, once, if it costs anything."""
     if "oneflow" in sys.modules:
+        coretype = openblas_coretype(cpu_flags())
+        if coretype and "OPENBLAS_CORETYPE" not in os.environ:
+            warnings.warn(f"oneflow was imported before cv, so OpenBLAS runs its generic kernels on this CPU (SSD300 "
+                          f"about 1.8x slower); import cv first, or set OPENBLAS_CORETYPE={coretype}", stacklevel=3)
         return
     if not any(isinstance(f, _BeforeOneFlow) for f in sys.meta_path):
         sys.meta_path.insert(0, _BeforeOneFlow())

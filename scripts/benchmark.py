@@ -34,10 +34,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cv  # noqa: F401,E402  (prepares OneFlow before it is imported)
-import oneflow as flow  # noqa: E402
+import cv  # noqa: F401  (prepares OneFlow before it is imported)
+import oneflow as flow
 
 
 def make_batch(batch_size, seed=0):

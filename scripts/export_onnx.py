@@ -10,13 +10,11 @@ post-processing (``SSD.detect``) needs. ``infer.sh --backend onnxruntime`` does 
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cv.detection.ssd300_vgg16.infer import load_model  # noqa: E402
-from cv.detection.ssd300_vgg16.model import weights_url  # noqa: E402
-from cv.detection.onnx_backend import export  # noqa: E402
+from cv.detection.ssd300_vgg16.infer import load_model
+from cv.detection.ssd300_vgg16.model import weights_url
+from cv.detection.onnx_backend import export
 
 
 def main():

@@ -9,14 +9,10 @@ Prints the summary (JSON) and the time taken. Works from any directory.
 """
 import argparse
 import json
-import os
-import sys
 import time
 
-# Make `cv` importable when the script is run by path from anywhere (it lives in <repo>/scripts/).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cv.detection.sample_dataset import DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, make_sample_dataset  # noqa: E402
+from cv.detection.sample_dataset import DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, make_sample_dataset
 
 
 def main(argv=None):

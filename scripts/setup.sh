@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Create (or refresh) the project's virtual environment in .venv with Python 3.10.
+# Create (or refresh) the project's virtual environment in .venv with Python 3.10 (>= 3.10.12).
 # With --quiet, prints nothing when the environment is already up to date (train.sh and infer.sh use it).
 #
-# Idempotent: a stamp holding the hash of requirements.txt makes a second run with nothing changed finish in
-# seconds; when requirements.txt changes, the requirements are installed again. Ends by proving that
-# `import oneflow` works from the venv (cv/__init__ makes the CUDA libraries it links loadable).
+# Installs the exact versions of requirements.txt, then this repository as a package in editable mode (pyproject.toml)
+# with its extras. Idempotent: a stamp holding the hash of requirements.txt, pyproject.toml and this script makes a
+# second run with nothing changed finish in about a second. Safe to run several times at once (two infer.sh started
+# together, nodes sharing the checkout): a lock serialises them. A .venv left half-made by an interrupted run (no
+# pip, a broken interpreter) is noticed and made again. Ends by proving that `import oneflow` works from the venv.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,13 +15,16 @@ STAMP="$VENV/.requirements.sha256"
 QUIET=0
 [ "${1:-}" = "--quiet" ] && QUIET=1
 
+# oneflow 0.9.0 has wheels for Python <= 3.10; tarfile's extraction filters (safe extraction) need 3.10.12.
+PY_CHECK='import sys, venv; assert sys.version_info[:2] == (3, 10) and sys.version_info >= (3, 10, 12)'
+
 find_python310() {
   local cand
   # A pyenv shim named python3.10 exists even when 3.10 is not the active version, and then fails:
   # so every candidate is run, not just looked up.
   for cand in "${PYTHON:-}" python3.10 "$(command -v pyenv >/dev/null && pyenv root)"/versions/3.10.*/bin/python3.10; do
     [ -n "$cand" ] || continue
-    if "$cand" -c 'import sys, venv; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1; then
+    if "$cand" -c "$PY_CHECK" >/dev/null 2>&1; then
       command -v "$cand" 2>/dev/null || echo "$cand"
       return 0
     fi
@@ -27,10 +32,18 @@ find_python310() {
   return 1
 }
 
-if [ ! -x "$VENV/bin/python" ]; then
+# One setup at a time; the lock lives beside .venv (which may not exist yet) and is released when this script ends.
+exec 9>"$ROOT/.venv.lock"
+flock 9
+
+if [ -e "$VENV" ] && ! { "$VENV/bin/python" -c "$PY_CHECK" && "$VENV/bin/python" -m pip --version; } >/dev/null 2>&1; then
+  echo "setup.sh: $VENV is incomplete or broken (an interrupted setup?); making it again" >&2
+  rm -rf "$VENV"
+fi
+if [ ! -e "$VENV" ]; then
   if ! PY="$(find_python310)"; then
     cat >&2 <<'MSG'
-setup.sh: no working Python 3.10 found (oneflow 0.9.0 has wheels only for Python <= 3.10).
+setup.sh: no working Python 3.10 (3.10.12 or later) found (oneflow 0.9.0 has wheels only for Python <= 3.10).
 Install one, then run this script again, e.g.:
   pyenv install 3.10.13                          # with pyenv
   sudo apt-get install python3.10 python3.10-venv  # Debian/Ubuntu with 3.10 packaged
@@ -43,24 +56,24 @@ MSG
 fi
 
 # The stamp covers this script too: changing how we install also re-installs.
-want="$(cat "$ROOT/requirements.txt" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "setup.sh: installing requirements.txt into $VENV (first run downloads about 2.5 GB)"
+  rm -f "$STAMP"
   pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
   # flowvision 0.2.1 exists only as an sdist whose setup.py imports pkg_resources, which recent setuptools no
   # longer provides in pip's isolated build environments: build it here against a setuptools that has it.
   "${pip[@]}" --upgrade pip==24.3.1 setuptools==69.5.1 wheel==0.44.0
   "${pip[@]}" --no-build-isolation -r "$ROOT/requirements.txt"
+  # This repository as the package `cv` (editable: the checkout is what runs), its dependencies already pinned.
+  "${pip[@]}" --no-build-isolation --no-deps -e "$ROOT"
+  # Earlier versions of this script put the repository on the path with a .pth file of their own.
+  rm -f "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/ssd300_vgg16_repo.pth"
   echo "$want" > "$STAMP"
 fi
 
-# Put the repository on the venv's import path, and install the hook that prepares OneFlow (CUDA libraries,
-# OpenBLAS core type) before it is imported: a .pth file's "import" lines run at interpreter start-up.
-SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-printf '%s\nimport cv\n' "$ROOT" > "$SITE/ssd300_vgg16_repo.pth"
-
 # Prove the environment works, from outside the repository, as a user's program would import it.
-if ! out="$(cd / && "$VENV/bin/python" -c 'import oneflow as flow, cv.detection.ssd300_vgg16; print(flow.__version__)' 2>&1)"; then
+if ! out="$(cd / && "$VENV/bin/python" -c 'import cv.detection.ssd300_vgg16, oneflow as flow; print(flow.__version__)' 2>&1)"; then
   echo "$out" >&2
   echo "setup.sh: importing oneflow from $VENV failed (output above)" >&2
   exit 1

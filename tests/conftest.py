@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 
+import cv  # noqa: F401  (first: it prepares the process for oneflow, see cv/_runtime.py)
 import oneflow as flow
 import pytest
 from oneflow import nn

@@ -82,6 +82,33 @@ def test_amp_loss_scaling_in_the_training_loop(sample_dataset):
             np.testing.assert_array_equal(value.numpy(), before[name], err_msg=name)
 
 
+def test_the_training_curve(tmp_path):
+    from cv.detection.plot import figure, plot_metrics, smoothed
+
+    assert smoothed([4.0, 4.0, 4.0]) == [4.0, 4.0, 4.0]  # bias-corrected: no ramp up from 0
+    # span 3, weight 1/2: (0.5 * 2) / 0.5 = 2, then (0.5 * 0.5 * 2 + 0.5 * 6) / (0.5 + 0.5 * 0.5)
+    assert smoothed([2.0, 6.0], span=3) == pytest.approx([2.0, (0.25 * 2 + 0.5 * 6) / 0.75])
+    records = [{"type": "train", "iteration": i, "epoch": i // 10, "lr": 0.01 * min(1, (i + 1) / 5),
+                "loss": 10 / (i + 1), "bbox_regression": 3 / (i + 1), "classification": 7 / (i + 1)}
+               for i in range(0, 30, 2)]
+    records += [{"type": "eval", "epoch": 1, "AP": 0.1, "AP50": 0.2}, {"type": "eval", "epoch": 2, "AP": 0.15,
+                                                                        "AP50": 0.3},
+                {"type": "eval", "epoch": 2, "test_only": True, "AP": 0.9, "AP50": 0.9}]
+    loss_ax, lr_ax, eval_ax = figure(records).axes
+    raw, smooth = loss_ax.lines[:2]
+    assert list(raw.get_xdata()) == list(range(0, 30, 2)) and len(loss_ax.lines) == 4
+    assert list(smooth.get_ydata()) == pytest.approx(smoothed([10 / (i + 1) for i in range(0, 30, 2)]))
+    assert list(lr_ax.lines[0].get_ydata())[-1] == pytest.approx(0.01)
+    ap, ap50 = eval_ax.lines
+    assert (ap.get_label(), ap50.get_label()) == ("AP", "AP50")
+    assert list(ap.get_xdata()) == [2, 3] and list(ap50.get_ydata()) == [0.2, 0.3]  # epochs done; no test-only
+    assert all(float(t).is_integer() for t in eval_ax.get_xticks())
+    plot_metrics(records, tmp_path / "training.png")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "training.png").size == (900, 800)
+
+
 def test_non_finite_loss_stops_naming_epoch_and_iteration(sample_dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

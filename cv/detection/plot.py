@@ -1,75 +1,63 @@
-"""A PNG of a training run: loss over iterations and AP over epochs, drawn with PIL (no plotting library needed
-for two line charts)."""
-import math
+"""The training curve, ``training.png``, drawn with matplotlib from the records of ``metrics.jsonl``: the loss per
+iteration (raw and smoothed, with its two parts), the learning rate, and the evaluation metrics per evaluated epoch.
+"""
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from PIL import Image, ImageDraw
-
-WIDTH, PANEL_HEIGHT, MARGIN = 900, 300, 60
-COLOURS = {"loss": (31, 119, 180), "bbox_regression": (255, 127, 14), "classification": (44, 160, 44),
-           "AP": (214, 39, 40), "AP50": (148, 103, 189)}
-
-
-def _nice_ticks(lo, hi, count=5):
-    if hi <= lo:
-        hi = lo + 1.0
-    step = (hi - lo) / count
-    magnitude = 10 ** math.floor(math.log10(step))
-    for m in (1, 2, 2.5, 5, 10):  # a step of 1, 2, 2.5 or 5 times a power of ten
-        if magnitude * m >= step:
-            step = magnitude * m
-            break
-    first = (lo // step) * step
-    return [first + k * step for k in range(count + 3) if first + k * step <= hi + step * 0.999]
+# Metrics drawn per evaluated epoch, whichever the evaluation reported (COCO: AP, AP50; Pascal VOC: mAP).
+EVAL_METRICS = ("AP", "AP50", "mAP")
+# Smoothing of the loss: an exponential moving average over about this many logged iterations.
+SMOOTHING = 10
 
 
-def _panel(draw, top, title, xlabel, series):
-    """One chart at vertical offset ``top``; ``series``: {name: [(x, y), ...]}."""
-    points = [p for pts in series.values() for p in pts]
-    left, right, bottom = MARGIN, WIDTH - 20, top + PANEL_HEIGHT - 40
-    draw.text((left, top + 5), title, fill=(0, 0, 0))
-    if not points:
-        draw.text((left, top + PANEL_HEIGHT // 2), "(nothing recorded)", fill=(120, 120, 120))
-        return
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    yticks = _nice_ticks(min(0.0, min(ys)), max(ys))
-    y0, y1 = yticks[0], yticks[-1]
-    chart_top = top + 25
-
-    def to_px(x, y):
-        return (left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - chart_top))
-
-    for t in yticks:
-        _, py = to_px(x0, t)
-        draw.line([left, py, right, py], fill=(225, 225, 225))
-        draw.text((5, py - 6), f"{t:.3g}", fill=(0, 0, 0))
-    draw.rectangle([left, chart_top, right, bottom], outline=(0, 0, 0))  # after the grid, which would cover it
-    for t in _nice_ticks(x0, x1):
-        px, _ = to_px(t, y0)
-        if left <= px <= right:
-            draw.text((px - 10, bottom + 5), f"{t:.4g}", fill=(0, 0, 0))
-    draw.text(((left + right) // 2 - 20, bottom + 20), xlabel, fill=(0, 0, 0))
-    legend_x = left + 10
-    for name, pts in series.items():
-        colour = COLOURS.get(name, (0, 0, 0))
-        px = [to_px(x, y) for x, y in pts]
-        if len(px) > 1:
-            draw.line(px, fill=colour, width=2)
-        for x, y in px:
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        draw.text((legend_x, chart_top + 5), name, fill=colour)
-        legend_x += 8 * len(name) + 20
+def smoothed(values, span=SMOOTHING):
+    """Exponential moving average with weight ``2 / (span + 1)``, bias-corrected so that it starts at the first
+    value rather than at 0 (as TensorBoard's smoothing does)."""
+    alpha, average, weight, out = 2.0 / (span + 1), 0.0, 0.0, []
+    for v in values:
+        average = (1 - alpha) * average + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out.append(average / weight)
+    return out
 
 
 def plot_metrics(records, path):
-    """Write ``path`` (PNG): losses of the ``train`` records over global iterations, and AP/AP50 of the ``eval``
-    records over epochs."""
+    """Write the figure of ``records`` (see :func:`figure`) to ``path`` (PNG)."""
+    figure(records).savefig(path)
+
+
+def figure(records):
+    """The figure of ``records``: dicts of ``type`` "train" (``iteration``, ``lr``, the losses) and of ``type``
+    "eval" (``epoch``, 0-based, and metrics). Epochs are shown as counts of epochs done, on integer ticks."""
     train = [r for r in records if r.get("type") == "train"]
-    evals = [r for r in records if r.get("type") == "eval"]
-    image = Image.new("RGB", (WIDTH, 2 * PANEL_HEIGHT), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    _panel(draw, 0, "training loss", "iteration",
-           {k: [(r["iteration"], r[k]) for r in train] for k in ("loss", "bbox_regression", "classification")})
-    _panel(draw, PANEL_HEIGHT, "COCO box AP (val)", "epoch",
-           {k: [(r["epoch"], r[k]) for r in evals] for k in ("AP", "AP50")})
-    image.save(path)
+    evals = [r for r in records if r.get("type") == "eval" and not r.get("test_only")]
+    fig = Figure(figsize=(9, 8), dpi=100, layout="constrained")
+    loss_ax, lr_ax, eval_ax = fig.subplots(3, 1, height_ratios=[3, 1, 2])
+
+    its = [r["iteration"] for r in train]
+    if train:
+        loss_ax.plot(its, [r["loss"] for r in train], color="tab:blue", alpha=0.3, linewidth=1, label="loss")
+        loss_ax.plot(its, smoothed([r["loss"] for r in train]), color="tab:blue", linewidth=2, label="loss, smoothed")
+        for key, colour in (("bbox_regression", "tab:orange"), ("classification", "tab:green")):
+            loss_ax.plot(its, smoothed([r[key] for r in train]), color=colour, linewidth=1.2, linestyle="--",
+                         label=f"{key}, smoothed")
+        loss_ax.legend(loc="upper right", fontsize="small")
+        lr_ax.plot(its, [r["lr"] for r in train], color="tab:purple", drawstyle="steps-post")
+    loss_ax.set(title="training loss", xlabel="iteration", ylabel="loss")
+    lr_ax.set(title="learning rate", xlabel="iteration", ylabel="lr")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+
+    done = [r["epoch"] + 1 for r in evals]
+    for key in EVAL_METRICS:
+        if evals and all(key in r for r in evals):
+            eval_ax.plot(done, [r[key] for r in evals], marker="o", label=key)
+    last_epoch = max(done + [r.get("epoch", -1) + 1 for r in train] + [1])
+    eval_ax.set(title="evaluation (val)", xlabel="epochs done", ylabel="metric", xlim=(0, last_epoch + 0.5))
+    eval_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if evals:
+        eval_ax.legend(loc="lower right", fontsize="small")
+    else:
+        eval_ax.text(0.5, 0.5, "no evaluation yet", transform=eval_ax.transAxes, ha="center", color="grey")
+    for ax in (loss_ax, lr_ax, eval_ax):
+        ax.grid(alpha=0.3)
+    return fig
