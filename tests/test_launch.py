@@ -57,6 +57,17 @@ if mode == "fail" and rank == 1:
     from cv.detection import cli
     cli._report("image 7 (/data/x.jpg) cannot be read")
     sys.exit(1)
+if mode == "same":  # a bad flag: every process fails the same way, the highest rank first
+    from cv.detection import cli
+    time.sleep(0.3 * (int(os.environ["WORLD_SIZE"]) - rank))
+    cli._report("--epochs must be positive")
+    sys.exit(2)
+if mode == "cascade":  # rank 2 fails; rank 0 fails soon after because of it, with another message
+    from cv.detection import cli
+    if rank in (0, 2):
+        time.sleep(0.5 if rank == 0 else 0.0)
+        cli._report("image 7 (/data/x.jpg) cannot be read" if rank == 2 else "process 2 is gone")
+        sys.exit(1)
 if mode == "signal":
     signal.signal(signal.SIGTERM, lambda *a: (open(os.path.join(out, f"stopped{{rank}}"), "w").close(), sys.exit(143)))
 with open(os.path.join(out, f"rank{{rank}}.json"), "w") as f:
@@ -94,6 +105,16 @@ def test_a_failing_process_stops_the_others_and_its_message_is_the_last_line(tmp
     assert proc.returncode == 1 and time.monotonic() - start < 60  # the others did not sleep out their 120 s
     assert last_line(err) == "error: image 7 (/data/x.jpg) cannot be read (process 1 of 3)"
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("mode, line", [
+    ("same", "error: --epochs must be positive (process 0 of 3)"),  # the same last line every run
+    ("cascade", "error: image 7 (/data/x.jpg) cannot be read (process 2 of 3)"),  # the cause, not its echo
+])
+def test_which_failure_the_last_line_names(tmp_path, mode, line):
+    proc = launch_child(tmp_path, mode, NPROC_PER_NODE="3")
+    _, err = proc.communicate(timeout=120)
+    assert last_line(err) == line and proc.returncode == (2 if mode == "same" else 1)
 
 
 def test_sigterm_is_passed_on_and_waited_for(tmp_path):

@@ -15,9 +15,10 @@ within a second, so a preempted run loses the epoch in progress. Here:
   resumable checkpoint and exit; the launcher waits for them. Each process runs in its own session, so a Ctrl-C
   in the terminal reaches it once, through the launcher, and never its DataLoader workers directly. If the
   launcher itself dies, its processes get SIGTERM (``PR_SET_PDEATHSIG``) and stop the same way.
-* When a process fails, the others (and their loader workers) are killed at once: they would wait forever for it
-  in the next collective. The exit status is the failed process's, and with several processes the last line is
-  the first failure's one-line error (:mod:`cv.detection.cli` writes it to ``$CV_ERROR_FILE``), naming the rank.
+* When a process fails, the others (and their loader workers) are killed two seconds later: they would wait
+  forever for it in the next collective. The exit status is the failed process's, and with several processes the
+  last line is its one-line error (:mod:`cv.detection.cli` writes it to ``$CV_ERROR_FILE``), naming the rank; of
+  processes failing within those two seconds (a bad flag fails them all), the lowest rank is reported.
 * On node 0, a ``MASTER_PORT`` already in use is reported before anything starts.
 """
 import ctypes
@@ -28,8 +29,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 PR_SET_PDEATHSIG = 1
+_GRACE_SECONDS = 2.0  # for the other processes to fail on their own before they are killed
 
 
 def visible_gpus():
@@ -99,6 +102,15 @@ def _die_with_parent():
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _read_error(errors, rank):
+    """The one-line error that process ``rank`` left in the launcher's ``errors`` directory ('' without one)."""
+    try:
+        with open(os.path.join(errors, str(rank))) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _status(returncode):
     """A shell-style exit status: a process killed by signal N gives 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -142,37 +154,44 @@ def main(argv):
             child = subprocess.Popen([sys.executable, "-u", "-m", argv[0], *argv[1:]], env=env,
                                      start_new_session=True, preexec_fn=_die_with_parent)
             children[child.pid] = (rank, child)
-        failed = None  # (rank, status)
+        failed = {}  # rank -> exit status of the processes that failed on their own
+        kill_at = None
         while any(child.returncode is None for _, child in children.values()):
             try:
-                pid, wait_status = os.wait()
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             except InterruptedError:
+                continue
+            if pid == 0:  # nothing has ended yet
+                if kill_at is not None and time.monotonic() >= kill_at:
+                    kill_at = None
+                    for _, other in children.values():
+                        if other.returncode is None:
+                            os.killpg(other.pid, signal.SIGKILL)
+                time.sleep(0.05)
                 continue
             if pid not in children:
                 continue
             rank, child = children[pid]
             child.returncode = os.waitstatus_to_exitcode(wait_status)
-            if child.returncode != 0 and failed is None:
-                failed = (rank, child.returncode)
-                if not stopping:  # a real failure: the others would wait for this rank forever
-                    for other_rank, other in children.values():
-                        if other.returncode is None:
-                            os.killpg(other.pid, signal.SIGKILL)
+            if child.returncode != 0 and (not failed or kill_at is not None or stopping):
+                if not failed and not stopping:  # a real failure: the others would wait for this rank forever
+                    kill_at = time.monotonic() + _GRACE_SECONDS
+                failed[rank] = child.returncode
         for _, child in children.values():  # loader workers left behind by a killed process
             try:
                 os.killpg(child.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        if failed is None:
+        if not failed:
             return 0
-        rank, returncode = failed
-        try:
-            with open(os.path.join(errors, str(rank))) as f:
-                message = f.read().strip()
-        except OSError:
-            message = ""
+        first = next(iter(failed))  # dicts keep insertion order: the first to fail, the likely cause
+        message = _read_error(errors, first)
+        # A flag or data error fails every process the same way at nearly the same moment; naming the lowest
+        # of those ranks keeps the last line the same from one run to the next.
+        rank = min(r for r in failed if r == first or (message and _read_error(errors, r) == message))
+        returncode = failed[rank]
         if not message:
             how = (f"was killed by {signal.Signals(-returncode).name}" if returncode < 0
                    else f"exited with status {returncode}")
