@@ -1,0 +1,276 @@
+"""int8 inference (:mod:`cv.detection.quantize`, ``infer.sh --precision int8``).
+
+The accuracy check needs a model that really detects objects: SSD300-VGG16 with its random trunk frozen and its
+heads fitted to 8 sample images (:mod:`cv.detection.fitting`), built once for this module (about two minutes on 2
+CPU cores), exported and quantized once (calibrated on 16 other training images), all under pytest's tmp dirs.
+"""
+import contextlib
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import oneflow as flow
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FITTED_IMAGES = 8
+CALIBRATION_IMAGES = 16
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """``(model, dataset, calibration folder)``: the fitted SSD300, the plain dataset of its 8 images, and a
+    folder holding 16 other images of the same training split."""
+    from cv.detection.fitting import fitted_ssd300
+    from cv.detection.sample_dataset import make_sample_dataset
+
+    root = tmp_path_factory.mktemp("int8_data")
+    make_sample_dataset(root, seed=0, num_train=FITTED_IMAGES + CALIBRATION_IMAGES, num_val=1)
+    model, dataset = fitted_ssd300(root, FITTED_IMAGES, augmented_views=3, steps=150, batch_size=8)
+    fitted_files = {os.path.basename(image[1]) for image in dataset.images}
+    calibration = tmp_path_factory.mktemp("calibration")
+    for name in sorted(os.listdir(root / "train2017")):
+        if name not in fitted_files:
+            shutil.copy(root / "train2017" / name, calibration / name)
+    return model, dataset, calibration
+
+
+@pytest.fixture(scope="module")
+def networks(fitted, tmp_path_factory):
+    """The float32 export and its int8 quantization in a fresh ``$FLOWVISION_CACHE/onnx``, and what quantizing
+    said: ``(cache root, float32 path, int8 path, messages)``."""
+    from cv.detection.onnx_backend import cached_export
+    from cv.detection.quantize import cached_quantized_export, calibration_images
+
+    model, _, calibration = fitted
+    cache_root = tmp_path_factory.mktemp("flowvision_cache")
+    messages = []
+    float_path = cached_export(model, str(cache_root / "onnx"))
+    int8_path = cached_quantized_export(model, str(cache_root / "onnx"), calibration_images(str(calibration)),
+                                        log=messages.append)
+    return cache_root, float_path, int8_path, messages
+
+
+def detect_all(detector, paths):
+    from cv.detection.coco import load_rgb
+    from cv.detection.transforms import to_chw_float
+
+    with flow.no_grad():
+        return [detector([flow.tensor(to_chw_float(load_rgb(path)))])[0] for path in paths]
+
+
+def coco_stats(dataset, detections):
+    evaluator = dataset.evaluator()
+    evaluator.update([image[0] for image in dataset.images], detections)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return evaluator.summarize(None)
+
+
+def test_opset13_conversion_is_exact(networks):
+    """The exporter's opset-12 graph converted by ONNX's version converter: ReduceSum's axes become an input holding
+    [1] (the channels), and ONNX Runtime gives bit-identical outputs for both graphs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from cv.detection.quantize import to_opset13
+
+    _, float_path, _, _ = networks
+    opset12 = onnx.load(float_path)
+    assert [o.version for o in opset12.opset_import if o.domain in ("", "ai.onnx")] == [12]
+    opset13 = to_opset13(opset12)
+    onnx.checker.check_model(opset13)
+    (reduce_sum,) = [n for n in opset13.graph.node if n.op_type == "ReduceSum"]
+    assert not [a for a in reduce_sum.attribute if a.name == "axes"]
+    constants = {n.output[0]: n for n in opset13.graph.node if n.op_type == "Constant"}
+    initializers = {t.name: numpy_helper.to_array(t) for t in opset13.graph.initializer}
+    axes = initializers.get(reduce_sum.input[1])
+    if axes is None:
+        axes = numpy_helper.to_array(constants[reduce_sum.input[1]].attribute[0].t)
+    assert axes.tolist() == [1]
+
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (opset12, opset13)]
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        x = rng.normal(0, 60, (1, 3, 300, 300)).astype(np.float32)
+        a, b = (s.run(None, {s.get_inputs()[0].name: x}) for s in sessions)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_the_stamp_alone_is_not_a_conversion(networks):
+    """What the conversion is needed for: the same graph merely stamped opset 13 keeps ReduceSum's attribute, which
+    opset 13 no longer has (ONNX Runtime 1.16 refuses it; others sum over every axis)."""
+    import onnx
+    import onnxruntime as ort
+
+    _, float_path, _, _ = networks
+    stamped = onnx.load(float_path)
+    stamped.opset_import[0].version = 13
+    with pytest.raises(Exception, match="axes"):
+        ort.InferenceSession(stamped.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_quantized_graph(networks):
+    """QDQ, opset 13: every trunk convolution reads int8 weights with one scale per output channel; the heads, the
+    L2 normalisation and the outputs stay float32."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, _, int8_path, _ = networks
+    model = onnx.load(int8_path)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    init = {t.name: t for t in model.graph.initializer}
+    producers = {out: n for n in model.graph.node for out in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    trunk = [n for n in convs if ".head." not in n.name]
+    head = [n for n in convs if ".head." in n.name]
+    assert len(trunk) == 23 and len(head) == 12
+    for conv in trunk:
+        weight = producers[conv.input[1]]
+        assert weight.op_type == "DequantizeLinear", conv.name
+        q, scale = init[weight.input[0]], numpy_helper.to_array(init[weight.input[1]])
+        assert q.data_type == onnx.TensorProto.INT8
+        assert scale.shape == (q.dims[0],)  # per output channel
+        assert producers[conv.input[0]].op_type == "DequantizeLinear"
+    for conv in head:
+        assert conv.input[1] in init and init[conv.input[1]].data_type == onnx.TensorProto.FLOAT, conv.name
+    for kind in ("ReduceSum", "Sqrt", "Reciprocal"):
+        (node,) = [n for n in model.graph.node if n.op_type == kind]
+        assert producers.get(node.input[0]) is None or producers[node.input[0]].op_type != "DequantizeLinear"
+    assert all(producers[o.name].op_type == "Concat" for o in model.graph.output)
+
+
+@pytest.fixture(scope="module")
+def accuracy(fitted, networks):
+    """float32 and int8 (ONNX Runtime) on the fitted images: their COCO numbers, and how many of float32's
+    detections scoring >= 0.3 int8 finds too (same label, IoU >= 0.9)."""
+    from cv.detection.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.quantize import match_rate
+
+    model, dataset, _ = fitted
+    _, float_path, int8_path, _ = networks
+    paths = [image[1] for image in dataset.images]
+    reference = detect_all(OnnxRuntimeSSD(model, float_path), paths)
+    quantized = detect_all(OnnxRuntimeSSD(model, int8_path), paths)
+    matched, total = match_rate(reference, quantized)
+    f, q = coco_stats(dataset, reference), coco_stats(dataset, quantized)
+    summary = (f"float32 AP {f['AP']:.4f} AP50 {f['AP50']:.4f}; int8 AP {q['AP']:.4f} AP50 {q['AP50']:.4f}; "
+               f"{matched}/{total} matched")
+    return f, q, matched, total, summary
+
+
+def test_the_fitted_model_detects(accuracy):
+    f, _, _, total, summary = accuracy
+    assert f["AP50"] >= 0.4 and f["AP"] >= 0.2, summary
+    assert total >= 3 * FITTED_IMAGES, summary  # detections scoring >= 0.3 on every image, on average
+
+
+def test_int8_stays_close_to_float32(accuracy):
+    """What int8 is measured to keep on this model (benchmark.py --sections int8 has the fuller numbers): AP and AP50
+    within 3 points, 90% of the detections. A broken quantization (a quantized L2 normalisation, int8 class
+    logits, ReduceSum over all axes) misses these by far."""
+    f, q, matched, total, summary = accuracy
+    assert abs(q["AP"] - f["AP"]) <= 0.03, summary
+    assert abs(q["AP50"] - f["AP50"]) <= 0.03, summary
+    assert matched >= 0.90 * total, summary
+
+
+@pytest.mark.xfail(strict=True, reason="int8 moves boxes by about 4% (median IoU 0.96 with float32's; the box "
+                                       "offsets get noise of 0.09 in encoded units): 47/50 = 94% of float32's "
+                                       "detections are matched at IoU >= 0.9, short of 95%; int8 stays opt-in")
+def test_int8_meets_the_acceptance_criteria(accuracy):
+    """The bar for making int8 the default on CPU: AP and AP50 within 1 point of float32's, and int8 finds at least
+    95% of float32's detections scoring >= 0.3 (same label, IoU >= 0.9)."""
+    f, q, matched, total, summary = accuracy
+    assert abs(q["AP"] - f["AP"]) <= 0.01, summary
+    assert abs(q["AP50"] - f["AP50"]) <= 0.01, summary
+    assert matched >= 0.95 * total, summary
+
+
+def test_quantized_once_per_weights_and_calibration(fitted, networks):
+    """The first quantization said what it did and how long it took; asked again, the cached file is returned
+    without a word; other calibration images make another file."""
+    from cv.detection.quantize import cached_quantized_export, calibration_images
+
+    model, _, calibration = fitted
+    cache_root, _, int8_path, messages = networks
+    assert len(messages) == 2 and "calibrated on 16 images" in messages[0] and messages[1].startswith("quantized in")
+    again = []
+    paths = calibration_images(str(calibration))
+    assert cached_quantized_export(model, str(cache_root / "onnx"), paths, log=again.append) == int8_path
+    assert again == []
+    info = json.loads(open(int8_path + ".json").read())
+    assert info["precision"] == "int8" and len(info["calibration_images"]) == 16
+    from cv.detection import quantize
+
+    other = quantize.files_fingerprint(paths[:-1])
+    assert other != quantize.files_fingerprint(paths)
+
+
+def test_infer_int8(fitted, networks, tmp_path, monkeypatch, capsys):
+    """``infer.sh --precision int8`` (backend implied) on two fitted images: it reuses the cached int8 network
+    (same weights, same calibration images), says which backend and precision it runs, and writes the detections
+    the int8 detector gives."""
+    from cv.detection.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.ssd300_vgg16 import infer
+
+    model, dataset, calibration = fitted
+    cache_root, _, int8_path, _ = networks
+    weights = tmp_path / "weights"
+    flow.save(model.state_dict(), str(weights))
+    monkeypatch.setenv("FLOWVISION_CACHE", str(cache_root))
+    images = [image[1] for image in dataset.images[:2]]
+    args = infer.get_args_parser().parse_args(
+        ["--weights", str(weights), "--precision", "int8", "--calibration-data", str(calibration), "--images", *images,
+         "--output-dir", str(tmp_path / "out"), "--batch-size", "1"])
+    infer.main(args)
+    out = capsys.readouterr().out
+    assert "backend onnxruntime (int8), device cpu" in out
+    assert "exporting" not in out and "quantizing" not in out
+    expected = detect_all(OnnxRuntimeSSD(model, int8_path), images)
+    for path, det in zip(images, expected):
+        record = json.loads((tmp_path / "out" / (os.path.splitext(os.path.basename(path))[0] + ".json")).read_text())
+        keep = det["scores"].numpy() >= 0.3
+        assert [d["label"] for d in record["detections"]] == det["labels"].numpy()[keep].tolist()
+        np.testing.assert_allclose([d["box"] for d in record["detections"]], det["boxes"].numpy()[keep].reshape(-1, 4),
+                                   atol=0.01)
+
+
+def test_infer_int8_needs_onnxruntime(tmp_path):
+    from cv.detection.ssd300_vgg16 import infer
+
+    args = infer.get_args_parser().parse_args(["--weights", str(tmp_path), "--precision", "int8", "--backend",
+                                               "oneflow"])
+    with pytest.raises(ValueError, match="--precision int8 runs on ONNX Runtime"):
+        infer.main(args)
+    args = infer.get_args_parser().parse_args(["--weights", str(tmp_path), "--calibration-data", str(tmp_path)])
+    with pytest.raises(ValueError, match="--calibration-data is for --precision int8"):
+        infer.main(args)
+
+
+def test_unshare_initializers():
+    """Two convolutions reading one bias tensor each get their own copy, with the same values."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from cv.detection.quantize import unshare_initializers
+
+    weight = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    bias = numpy_helper.from_array(np.zeros(2, np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="c1"),
+             helper.make_node("Conv", ["y", "w", "b"], ["z"], name="c2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [weight, bias])
+    model = unshare_initializers(helper.make_model(graph))
+    c1, c2 = model.graph.node
+    assert list(c1.input[1:]) == ["w", "b"] and list(c2.input[1:]) == ["w/c2", "b/c2"]
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_array_equal(values["b/c2"], values["b"])
+    np.testing.assert_array_equal(values["w/c2"], values["w"])
+    onnx.checker.check_model(model)
