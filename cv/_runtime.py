@@ -49,9 +49,9 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
 def openblas_coretype(flags):
     """The OpenBLAS core type to force for a CPU with these flags, or None to leave OpenBLAS's own choice.
 
-    Measured on an AVX-512 AMD EPYC (SSD300 forward, 1 image, see ``scripts/benchmark.py``): Prescott (what
-    OpenBLAS detects) 9.5 s, Haswell 6.3 s; the AVX-512 kernels were not faster there (see README). AVX2 with
-    FMA is the Haswell instruction set, so Haswell is safe wherever those two flags are present.
+    AVX2 with FMA is the Haswell instruction set, so Haswell is safe wherever those two flags are present; on the
+    AVX-512 CPUs we measured, the AVX-512 kernels were no faster (README, "Speed"; ``benchmark.py --sections
+    coretype`` measures the machine at hand).
     """
     if {"avx2", "fma"} <= flags:
         return "Haswell"

@@ -20,11 +20,29 @@ exported once, batch 1 and batch 8), alternating the contenders; also the share 
 after the network (box decoding, NMS), and the trunk under ``nn.Graph`` against eager. With random weights nearly
 every class scores above 0.01, the worst case for post-processing; ``--weights`` measures a trained model.
 
-eval: seconds of COCO bbox evaluation (conversion, results file, one COCOeval) for --eval-images images with 100
-detections each.
+eval: seconds of COCO bbox evaluation for --eval-images images (COCO val's 5,000 by default) with COCO-like ground
+truth and 100 detections each: ours (conversion and faster-coco-eval's COCOeval) against pycocotools' COCOeval on the
+same detections, alternated, with the largest difference between their 12 numbers.
 
 coretype: one SSD300 forward (batch 1) in fresh processes under OpenBLAS's own core type ("Prescott" on CPUs it
 does not know) and under the one cv/_runtime.py chooses for this CPU.
+
+graph: one SGD step (forward, loss, backward, momentum update) of SSD300-VGG16 in eager mode and as the
+``nn.Graph`` of ``train.sh --graph`` (:mod:`cv.detection.graph_mode`), same weights, batch (--graph-batch-size
+images at 300x300, as the training transform makes them, 1-4 boxes each) and targets, alternated: the graph with
+its targets padded to the batch's most boxes (as train.sh pads them to the dataset's most: same matching work as
+eager) and to 100 (what COCO needs); also each graph's one-off compilation (its first step). On CPU this shows the
+graph's overhead or gain there; the speed-up on GPUs is OneFlow's documented behaviour, not measured here.
+
+int8: static int8 quantization (ONNX Runtime) against float32 and torchvision on an SSD300 fitted to sample
+images: accuracy (AP, AP50, detections matched), network and end-to-end seconds per image, and where each
+millisecond of infer.sh's per-image work goes (scripts/bench_int8.py says more).
+
+video: frames per second of ``infer.sh --video`` end to end (decode, detection, drawing, H.264 encoding, the JSON
+lines) on a 640x480 camera-like clip of --video-frames frames (a pan across a grainy textured scene, H.264), batch 4,
+with each backend (OneFlow eager; ONNX Runtime with the network exported as infer.sh does), alternated; also the
+video work alone (no detector). Drawing costs ~0.5 ms per labelled box: an untrained model draws 200 per frame at
+infer.sh's threshold 0.3, a trained one a few (--video-score-threshold 0.999 makes random weights draw ~3).
 """
 import argparse
 import glob
@@ -123,15 +141,16 @@ def bench_data(args):
     import tempfile
 
     from cv.detection.coco import CocoDetection
-    from cv.detection.transforms import ssd_eval_transform, ssd_train_transform, to_chw_float
+    from cv.detection.ssd300_vgg16.model import train_transform
+    from cv.detection.transforms import ssd_eval_transform, to_chw_float
 
-    chain = ssd_train_transform().reference()
+    chain = train_transform().reference()
 
     def literal_chain(image, boxes, labels, rng):
         image, boxes, labels = chain(image, boxes, labels, rng)
         return to_chw_float(image), boxes, labels
 
-    contenders = {"train augmentation": ssd_train_transform(), "eval (conversion only)": ssd_eval_transform(),
+    contenders = {"train augmentation": train_transform(), "eval (conversion only)": ssd_eval_transform(),
                   "literal chain (reference)": literal_chain}
     with tempfile.TemporaryDirectory() as root:
         write_jpeg_dataset(root, args.data_images)
@@ -211,6 +230,68 @@ def bench_infer(args):
     return result
 
 
+def write_pan_video(path, frames, width=640, height=480, rate=25, seed=0):
+    """A camera-like clip: a pan across a grainy textured scene, H.264 (libx264, CRF 20) as cameras write it."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height + 4 * frames, 0:width + 8 * frames].astype(np.float32)
+    waves = (np.sin(x / 23 + 1)[..., None] * [60, 30, 10] + np.cos(y / 31)[..., None] * [20, 40, 60]
+             + np.sin((x + y) / 57)[..., None] * 30)
+    scene = np.clip(128 + waves + rng.normal(0, 6, waves.shape), 0, 255).astype(np.uint8)
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt, stream.options = width, height, "yuv420p", {"crf": "20"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(scene[4 * i:4 * i + height, 8 * i:8 * i + width]),
+                                               format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def bench_video(args):
+    import tempfile
+
+    from cv.detection import hub, video
+    from cv.detection.onnx_backend import OnnxRuntimeSSD, cached_export
+    from cv.detection.ssd300_vgg16 import ssd300_vgg16
+    from cv.detection.ssd300_vgg16.infer import draw_detections, frame_functions, label_names, load_model
+
+    flow.manual_seed(0)
+    if args.weights:
+        model, names, _ = load_model(args.weights)
+    else:
+        model = ssd300_vgg16().eval()
+        names = label_names(model.num_classes, None)
+    detectors = {"oneflow eager": model,
+                 "onnxruntime": OnnxRuntimeSSD(model, cached_export(model, os.path.join(hub.cache_dir(), "onnx")))}
+    with tempfile.TemporaryDirectory() as root:
+        clip = os.path.join(root, "pan.mp4")
+        write_pan_video(clip, args.video_frames)
+
+        def end_to_end(detect, to_records):
+            def run():
+                with video.VideoSource.open(clip) as source:
+                    video.process_video(source, detect, to_records, draw_detections, os.path.join(root, "out.mp4"),
+                                        os.path.join(root, "out.jsonl"), 4, progress=False)
+            return run
+
+        contenders = {name: end_to_end(*frame_functions(d, names, args.video_score_threshold, flow.device("cpu")))
+                      for name, d in detectors.items()}
+        contenders["video work alone (no detector)"] = end_to_end(lambda frames: [None] * len(frames), lambda _: [])
+        times = time_alternating(contenders, args.repeats)
+        contenders["onnxruntime"]()
+        with open(os.path.join(root, "out.jsonl")) as f:  # drawing costs ~0.5 ms per labelled box
+            boxes = [len(json.loads(line)["detections"]) for line in f]
+    result = {name: summarize([args.video_frames / t for t in ts]) for name, ts in times.items()}
+    result["boxes_per_frame"] = sum(boxes) / len(boxes)
+    return result
+
+
 CORETYPE_PROBE = """
 import os, time
 import cv, oneflow as flow
@@ -242,41 +323,79 @@ def bench_coretype(args):
     return result
 
 
+def coco_val_sized_case(num_images, seed=0):
+    """Ground truth like COCO val's (about 7 boxes per image over 80 categories, all three area ranges, 1% crowd
+    regions, 1% images without objects) and 100 detections per image as a detector gives them (jittered copies of
+    the objects, the rest random), as model outputs: ``(gt dict, {image id: detections})``."""
+    import numpy as np
+
+    from cv.detection.coco import COCO_CATEGORIES
+
+    rng = np.random.default_rng(seed)
+    ids = np.array(sorted(COCO_CATEGORIES))
+    images, anns, dets = [], [], {}
+    for image_id in range(1, num_images + 1):
+        w, h = int(rng.integers(300, 641)), int(rng.integers(240, 641))
+        images.append({"id": image_id, "width": w, "height": h, "file_name": f"{image_id:012d}.jpg"})
+        n = 0 if rng.random() < 0.01 else min(int(rng.geometric(1 / 7)), 60)
+        side = np.exp(rng.uniform(np.log(4), np.log(min(w, h)), n))  # small, medium and large
+        wh = np.stack([side, side * np.exp(rng.uniform(-0.5, 0.5, n))], 1).clip(2, [w - 1, h - 1])
+        xy = rng.uniform(0, 1, (n, 2)) * ([w, h] - wh)
+        cats = rng.choice(ids, n)
+        for k in range(n):
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": int(cats[k]),
+                         "bbox": [*xy[k], *wh[k]], "area": float(wh[k].prod()), "iscrowd": int(rng.random() < 0.01)})
+        near = rng.integers(0, max(n, 1), min(3 * n, 100)) if n else np.zeros(0, int)
+        boxes = np.concatenate([xy[near], xy[near] + wh[near]], 1) + rng.normal(0, 3, (len(near), 4)) if n else \
+            np.zeros((0, 4))
+        labels = cats[near] if n else np.zeros(0, int)
+        rest = 100 - len(boxes)
+        corner = rng.uniform(0, 1, (rest, 2)) * [w, h]
+        boxes = np.concatenate([boxes, np.concatenate([corner, corner + rng.uniform(4, 200, (rest, 2))], 1)])
+        labels = np.concatenate([labels, rng.choice(ids, rest)])
+        dets[image_id] = {"boxes": boxes.astype(np.float32), "scores": rng.uniform(0, 1, 100).astype(np.float32),
+                          "labels": labels.astype(np.int64)}
+    categories = [{"id": int(i), "name": COCO_CATEGORIES[int(i)]} for i in ids]
+    return {"images": images, "annotations": anns, "categories": categories}, dets
+
+
 def bench_eval(args):
+    """Our COCO evaluation (conversion, results file in memory, faster-coco-eval) against pycocotools' COCOeval
+    on the same detections, alternated; and the largest difference between their 12 numbers."""
     import contextlib
     import io
 
-    import numpy as np
-    from pycocotools.coco import COCO
+    from cv.detection.coco_eval import STAT_NAMES, CocoEvaluator, detections_to_coco_results, pycocotools_stats
 
-    from cv.detection.coco_eval import CocoEvaluator
-
-    rng = np.random.default_rng(0)
-    images = [{"id": i, "width": 640, "height": 480} for i in range(1, args.eval_images + 1)]
-    anns, dets = [], {}
-    for img in images:
-        xy = rng.uniform(0, 400, (7, 2))
-        wh = rng.uniform(10, 200, (7, 2))
-        for k in range(7):
-            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": int(rng.integers(1, 11)),
-                         "bbox": [*xy[k], *wh[k]], "area": float(wh[k].prod()), "iscrowd": 0})
-        boxes = np.concatenate([rng.uniform(0, 400, (100, 2)), np.zeros((100, 2))], 1)
-        boxes[:, 2:] = boxes[:, :2] + rng.uniform(10, 200, (100, 2))
-        dets[img["id"]] = {"boxes": boxes.astype(np.float32), "scores": rng.uniform(0, 1, 100).astype(np.float32),
-                           "labels": rng.integers(1, 11, 100)}
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": i, "name": str(i)} for i in range(1, 11)]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    samples = []
+    gt, dets = coco_val_sized_case(args.eval_images)
+    mapping = {c["id"]: c["id"] for c in gt["categories"]}
+    times, stats = {"ours (faster-coco-eval)": [], "pycocotools": []}, {}
     for _ in range(max(1, args.repeats // 2)):
-        evaluator = CocoEvaluator(gt, {i: i for i in range(1, 11)})
+        evaluator = CocoEvaluator(gt, mapping)
         start = time.perf_counter()
         evaluator.update(list(dets), list(dets.values()))
         with contextlib.redirect_stdout(io.StringIO()):
-            evaluator.summarize(None)
-        samples.append(time.perf_counter() - start)
-    return {"images": args.eval_images, "detections": 100 * args.eval_images, "seconds": summarize(samples)}
+            stats["ours"] = evaluator.summarize(None)
+        times["ours (faster-coco-eval)"].append(time.perf_counter() - start)
+        results = detections_to_coco_results(list(dets), list(dets.values()), mapping)
+        start = time.perf_counter()
+        stats["pycocotools"] = pycocotools_stats(gt, results, list(dets))
+        times["pycocotools"].append(time.perf_counter() - start)
+    result = {"images": args.eval_images, "detections": 100 * args.eval_images,
+              "ground_truth_boxes": len(gt["annotations"]), **{k: summarize(v) for k, v in times.items()},
+              "max_difference_of_the_12": max(abs(stats["ours"][k] - stats["pycocotools"][k]) for k in STAT_NAMES)}
+    result["speed-up"] = result["pycocotools"]["median"] / result["ours (faster-coco-eval)"]["median"]
+    return result
+
+
+def print_table(title, rows, fmt, per_second=None, note=""):
+    """Print ``{name: summarize(...)}`` as median, min and max columns; with ``per_second`` (items per timed
+    call) also the items per second at the median."""
+    print(f"\n{title:<31}{'median':>9}{'min':>9}{'max':>9}" + (f"{'/s':>9}" if per_second else "")
+          + (f"   {note}" if note else ""))
+    for name, r in rows.items():
+        print(f"{name:<31}" + "".join(f"{r[k]:>9{fmt}}" for k in ("median", "min", "max"))
+              + (f"{per_second / r['median']:>9.2f}" if per_second else ""))
 
 
 def summarize(samples):
@@ -299,16 +418,78 @@ def bench_train_step(args):
     return result
 
 
+def bench_graph_step(args):
+    from cv.detection.graph_mode import GraphTrainer
+    from cv.detection.ssd300_vgg16 import ssd300_vgg16
+
+    flow.manual_seed(0)
+    eager = ssd300_vgg16()
+    # As the training transform makes them: every image at the model's 300x300, boxes in its pixels.
+    images, targets = make_batch(args.graph_batch_size)
+    for i, (image, target) in enumerate(zip(images, targets)):
+        h, w = image.shape[-2:]
+        images[i] = flow.nn.functional.interpolate(image[None], size=[300, 300], mode="bilinear")[0]
+        target["boxes"] = target["boxes"] * flow.tensor([300 / w, 300 / h] * 2)
+    options = dict(lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    eager_optimizer = flow.optim.SGD(eager.parameters(), **options)
+
+    def eager_step():
+        losses = eager(images, targets)
+        eager_optimizer.zero_grad()
+        sum(losses.values()).backward()
+        eager_optimizer.step()
+        float(next(eager.parameters()).view(-1)[0])  # waits for the backward and the update (see time_train_steps)
+
+    def graph_step(max_boxes):
+        model = ssd300_vgg16()
+        model.load_state_dict(eager.state_dict())
+        trainer = GraphTrainer(model, flow.optim.SGD(model.parameters(), **options), options["lr"], 0, [],
+                               {"iteration": 0, "epoch": -1, "part": 0}, 1, "cpu", max_boxes=max_boxes)
+        first, iteration = next(trainer.losses.parameters()), [0]
+
+        def step():
+            trainer(images, targets, iteration[0])
+            iteration[0] += 1
+            float(first.to_local().view(-1)[0])
+        return step
+
+    most = max(t["boxes"].shape[0] for t in targets)
+    contenders = {"eager": eager_step, f"nn.Graph, {most} boxes": graph_step(most),
+                  "nn.Graph, 100 boxes": graph_step(100)}
+    first_step_s = {}
+    for name, step in list(contenders.items())[1:]:
+        start = time.perf_counter()
+        step()  # compiles the graph
+        first_step_s[name] = time.perf_counter() - start
+    times = time_alternating(contenders, args.repeats)
+    result = {name: summarize(ts) for name, ts in times.items()}
+    result["graph_first_step_s"] = first_step_s
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sections = ["train", "data", "infer", "eval", "coretype"]
+    sections = ["train", "data", "infer", "eval", "coretype", "video", "graph", "int8"]
     parser.add_argument("--sections", nargs="+", choices=sections, default=sections,
                         help="what to measure (default: all)")
     parser.add_argument("--batch-size", type=int, default=4, help="train: images per training step (default 4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per contender (default 5)")
+    parser.add_argument("--graph-batch-size", type=int, default=2, help="graph: images per training step (default 2)")
     parser.add_argument("--data-images", type=int, default=64, help="data: JPEG files per pass (default 64)")
-    parser.add_argument("--weights", help="infer: a trained model to measure (default: random weights)")
-    parser.add_argument("--eval-images", type=int, default=500, help="eval: images, 100 detections each (default 500)")
+    parser.add_argument("--weights", help="infer, video: a trained model to measure (default: random weights)")
+    parser.add_argument("--video-frames", type=int, default=12, help="video: frames of the clip (default 12)")
+    parser.add_argument("--video-score-threshold", type=float, default=0.3,
+                        help="video: boxes drawn from this score (default 0.3, infer.sh's)")
+    parser.add_argument("--eval-images", type=int, default=5000,
+                        help="eval: images, 100 detections each (default 5000: COCO val's size)")
+    parser.add_argument("--int8-images", type=int, default=16,
+                        help="int8: sample images the model is fitted to and evaluated on (default 16)")
+    parser.add_argument("--int8-steps", type=int, default=300, help="int8: fitting steps (default 300)")
+    parser.add_argument("--int8-speed-images", type=int, default=8,
+                        help="int8: images per timed end-to-end pass (default 8)")
+    parser.add_argument("--torchvision-python",
+                        help="int8: a Python with torch and torchvision, to time torchvision's ssd300_vgg16 beside "
+                             "ours (default: this one, if it has torchvision)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -319,22 +500,17 @@ def main():
 
     if "train" in args.sections:
         ts = results["train_step"] = bench_train_step(args)
-        print(f"\n{'train step (s/step)':<28}{'median':>9}{'min':>9}{'max':>9}{'img/s':>9}")
-        for name in ("ours", "flowvision"):
-            r = ts[name]
-            print(f"{name:<28}{r['median']:>9.2f}{r['min']:>9.2f}{r['max']:>9.2f}{args.batch_size / r['median']:>9.2f}")
+        print_table("train step (s/step)", {name: ts[name] for name in ("ours", "flowvision")}, ".2f",
+                    per_second=args.batch_size)
         print(f"ratio ours/flowvision: {ts['ratio']:.3f} (goal <= 0.8)")
     if "data" in args.sections:
         data = results["data_pipeline"] = bench_data(args)
-        print(f"\n{'data, 1 process (img/s)':<28}{'median':>9}{'min':>9}{'max':>9}")
-        for name, r in data.items():
-            print(f"{name:<28}{r['median']:>9.1f}{r['min']:>9.1f}{r['max']:>9.1f}")
+        print_table("data, 1 process (img/s)", data, ".1f")
     if "infer" in args.sections:
         inf = results["inference"] = bench_infer(args)
-        print(f"\n{'inference, end to end (s/img)':<28}{'median':>9}{'min':>9}{'max':>9}{'img/s':>9}")
-        for name in ("oneflow eager, batch 1", "oneflow eager, batch 8", "onnxruntime, batch 1", "onnxruntime, batch 8"):
-            r = inf[name]
-            print(f"{name:<28}{r['median']:>9.3f}{r['min']:>9.3f}{r['max']:>9.3f}{1 / r['median']:>9.2f}")
+        print_table("inference, end to end (s/img)", {name: inf[name] for name in (
+            "oneflow eager, batch 1", "oneflow eager, batch 8", "onnxruntime, batch 1", "onnxruntime, batch 8")},
+            ".3f", per_second=1)
         speedup = inf["oneflow eager, batch 1"]["median"] / inf["onnxruntime, batch 1"]["median"]
         print(f"onnxruntime vs oneflow eager, batch 1: {speedup:.1f}x faster")
         print(f"post-processing: {inf['post_processing_s']['median']:.3f} s/img, "
@@ -343,12 +519,33 @@ def main():
         print(f"network, batch 1: eager {g['eager']['median']:.3f} s, nn.Graph {g['nn.Graph']['median']:.3f} s")
     if "eval" in args.sections:
         ev = results["coco_eval"] = bench_eval(args)
-        print(f"\nCOCO evaluation of {ev['detections']} detections on {ev['images']} images: "
-              f"{ev['seconds']['median']:.2f} s (min {ev['seconds']['min']:.2f}, max {ev['seconds']['max']:.2f})")
+        print_table("COCO evaluation (s)", {name: ev[name] for name in ("ours (faster-coco-eval)", "pycocotools")},
+                    ".2f", note=f"{ev['images']} images, {ev['ground_truth_boxes']} objects, "
+                                f"{ev['detections']} detections")
+        print(f"ours {ev['speed-up']:.1f}x faster; largest difference of the 12 numbers: "
+              f"{ev['max_difference_of_the_12']:.2e}")
     if "coretype" in args.sections:
         ct = results["openblas_coretype"] = bench_coretype(args)
         print("\nSSD300 forward, batch 1, by OpenBLAS core type (s): "
               + ", ".join(f"{k} {v:.2f}" for k, v in ct.items()))
+    if "video" in args.sections:
+        vid = results["video"] = bench_video(args)
+        print_table("video end to end (frames/s)", {k: v for k, v in vid.items() if k != "boxes_per_frame"},
+                    ".2f", note=f"640x480, {args.video_frames} frames, batch 4")
+        print(f"boxes drawn per frame (score >= {args.video_score_threshold}): {vid['boxes_per_frame']:.0f}")
+    if "graph" in args.sections:
+        gr = results["graph_train_step"] = bench_graph_step(args)
+        print_table("train step, eager vs graph (s)", {k: v for k, v in gr.items() if k != "graph_first_step_s"},
+                    ".2f", per_second=args.graph_batch_size, note=f"batch {args.graph_batch_size}, 300x300")
+        print("graph / eager: " + ", ".join(f"{name} {gr[name]['median'] / gr['eager']['median']:.3f}"
+                                            for name in gr["graph_first_step_s"]))
+        print("first step (compilation included): " + ", ".join(f"{name} {s:.1f} s"
+                                                                 for name, s in gr["graph_first_step_s"].items()))
+    if "int8" in args.sections:
+        from bench_int8 import bench_int8, print_int8  # scripts/bench_int8.py
+
+        results["int8"] = bench_int8(args)
+        print_int8(results["int8"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

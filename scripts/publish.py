@@ -32,8 +32,9 @@ def main(args):
           f"parameters, {card['num_classes']} classes)")
     print(f"  sha256   {os.path.abspath(paths['sha256'])} ({art['sha256']})")
     print(f"  card     {os.path.abspath(paths['card_md'])}, {os.path.abspath(paths['card_json'])}")
-    print(f"  box AP   {ev['box_ap']} on {ev['dataset']} (epoch {ev['epoch']})" if ev else
-          "  box AP   unknown (the checkpoint records no evaluation)")
+    print(f"  eval     {ev['headline']['name']} {ev['headline']['value']} on {ev['dataset']}"
+          f"{' ' + ev['split'] if ev.get('split') else ''} (epoch {ev['epoch']})" if ev else
+          "  eval     unknown (the checkpoint records no evaluation)")
     if card["unknown"]:
         print(f"  unknown  {', '.join(card['unknown'])}")
 

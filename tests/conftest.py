@@ -8,9 +8,11 @@ import contextlib
 import os
 import pickle
 import socket
+import struct
 import subprocess
 import sys
 import uuid
+import zlib
 
 import cv  # noqa: F401  (first: it prepares the process for oneflow, see cv/_runtime.py)
 import oneflow as flow
@@ -45,6 +47,20 @@ def tiny_ssd(num_classes=5, seed=0, **kwargs):
     flow.manual_seed(seed)
     anchors = DefaultBoxGenerator([[2], [2, 3], [2]], scales=[0.15, 0.35, 0.65, 1.0], steps=[8, 16, 32])
     return SSD(TinyBackbone(), anchors, (64, 64), num_classes, image_mean=[0.5] * 3, image_std=[0.25] * 3, **kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def weights_cache(tmp_path_factory):
+    """One flowvision cache (downloads, extractions, ONNX exports) for the whole session, never the user's
+    ~/.oneflow: programs run by the tests inherit it, so an export made for one test serves the next."""
+    path = tmp_path_factory.mktemp("flowvision_cache")
+    previous = os.environ.get("FLOWVISION_CACHE")
+    os.environ["FLOWVISION_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("FLOWVISION_CACHE", None)
+    else:
+        os.environ["FLOWVISION_CACHE"] = previous
 
 
 @pytest.fixture
@@ -144,24 +160,13 @@ def small_disk(tmp_path):
             subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def pycocotools_stats(gt_dataset, results, image_ids):
-    """The 12 COCO numbers that pycocotools' own COCOeval computes for ``results`` (a list, or a results file)
-    on ``image_ids`` of ``gt_dataset``: the reference our evaluator (faster-coco-eval) is checked against."""
-    import contextlib
-    import io
+def decompression_bomb(path, side=20000):
+    """A PNG of side x side grey pixels, all zero: 400 MB of pixels in a file of a few hundred KB, over twice
+    Pillow's MAX_IMAGE_PIXELS (89 million), so Pillow refuses it as a decompression bomb."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    from cv.detection.coco_eval import STAT_NAMES
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = gt_dataset
-        gt.createIndex()
-        evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
-        evaluation.params.imgIds = sorted(image_ids)
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return dict(zip(STAT_NAMES, (float(v) for v in evaluation.stats)))
+    compressor, row = zlib.compressobj(9), b"\0" * (side + 1)
+    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))

@@ -8,6 +8,7 @@ from PIL import Image
 
 from cv.detection import coco
 from cv.detection.coco import CocoDetection, label_mapping
+from tests.conftest import decompression_bomb
 
 CATEGORIES = [{"id": 3, "name": "cat", "supercategory": "animal"}, {"id": 7, "name": "dog", "supercategory": "animal"},
               {"id": 12, "name": "bird", "supercategory": "animal"}]
@@ -109,14 +110,15 @@ def broken_files(root):
     (root / "train2017" / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (root / "train2017" / "garbage.jpg").write_bytes(b"this is not a JPEG at all")
     rgb(50, 60).save(root / "train2017" / "wrong_size.jpg")
+    decompression_bomb(root / "train2017" / "bomb.png")
 
 
 def bad_file_dataset(root, split="train"):
     (root / f"{split}2017").mkdir(parents=True)
     broken_files(root) if split == "train" else None
     images = [(1, "ok.jpg", None, (60, 40)), (2, "truncated.jpg", None, (60, 40)), (3, "missing.jpg", None, (60, 40)),
-              (4, "garbage.jpg", None, (60, 40)), (5, "wrong_size.jpg", None, (60, 40))]
-    anns = [{"image_id": i, "category_id": 3, "bbox": [1, 1, 9, 9]} for i in range(1, 6)]
+              (4, "garbage.jpg", None, (60, 40)), (5, "wrong_size.jpg", None, (60, 40)), (6, "bomb.png", None, (60, 40))]
+    anns = [{"image_id": i, "category_id": 3, "bbox": [1, 1, 9, 9]} for i in range(1, 7)]
     return write_dataset(root, images, anns, split=split)
 
 
@@ -125,6 +127,7 @@ def bad_file_dataset(root, split="train"):
     (2, 3, "missing.jpg", "cannot be read"),
     (3, 4, "garbage.jpg", "cannot be read"),
     (4, 5, "wrong_size.jpg", "is 60x50 but the annotation file says 60x40"),
+    (5, 6, "bomb.png", "cannot be read: refused as a decompression bomb"),
 ])
 def test_unreadable_images_are_errors_for_evaluation(tmp_path, index, image_id, file_name, reason):
     ds = CocoDetection(bad_file_dataset(tmp_path), "train", train=False)
@@ -138,11 +141,12 @@ def test_unreadable_images_are_counted_skips_for_training(tmp_path):
     with pytest.warns(UserWarning) as record:
         samples = [ds[i] for i in range(len(ds))]
     # Every sample is the one readable image, and each skip was announced with the file, id and count.
-    assert [t["image_id"] for _, t in samples] == [1] * 5
+    assert [t["image_id"] for _, t in samples] == [1] * 6
     messages = [str(r.message) for r in record]
     assert any("truncated.jpg" in m and "image 2" in m for m in messages)
     assert any("missing.jpg" in m for m in messages) and any("wrong_size.jpg" in m for m in messages)
-    assert "so far: 10" in messages[-1]  # walking forward from index 1 meets 4 bad files, from 2 three, ...
+    assert any("bomb.png" in m and "decompression bomb" in m for m in messages)
+    assert "so far: 15" in messages[-1]  # walking forward from index 1 meets 5 bad files, from 2 four, ...
 
 
 @pytest.mark.parametrize("content,message", [
@@ -163,11 +167,31 @@ def test_annotation_files_that_do_not_parse(tmp_path, content, message):
     ({"image_id": 99, "category_id": 3, "bbox": [1, 1, 5, 5]}, "annotation 1 refers to unknown image id 99"),
     ({"image_id": 1, "category_id": 5, "bbox": [1, 1, 5, 5]}, "annotation 1 (image 1) refers to unknown category id 5"),
     ({"image_id": 1, "category_id": 3, "bbox": [1, 1, 5]}, "annotation 1 (image 1) has a malformed bbox [1, 1, 5]"),
+    ({"image_id": 1, "category_id": 3, "bbox": [1, 1, float("inf"), 5]},
+     "annotation 1 (image 1) has a non-finite bbox [1, 1, inf, 5]"),
+    ({"image_id": 1, "category_id": 3, "bbox": [1, float("nan"), 5, 5]},
+     "annotation 1 (image 1) has a non-finite bbox [1, nan, 5, 5]"),
 ])
 def test_annotations_with_unknown_references(tmp_path, ann, message):
     root = write_dataset(tmp_path, [(1, "a.jpg", rgb(), (60, 40))], [ann])
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         CocoDetection(root, "train")
+
+
+@pytest.mark.parametrize("image,message", [
+    ({"id": 1, "file_name": "a.jpg", "width": 60}, "image 1 has no valid 'height' (got None)"),
+    ({"id": 1, "file_name": "a.jpg", "width": 60, "height": 0}, "image 1 has no valid 'height' (got 0)"),
+    ({"id": 1, "width": 60, "height": 40}, "image 1 has no valid 'file_name' (got None)"),
+    ({"id": "1", "file_name": "a.jpg", "width": 60, "height": 40}, "image 1 has no valid 'id' (got '1')"),
+    ([1, 2], "an entry of 'images' is not an object: [1, 2]"),
+])
+def test_images_without_what_the_loader_needs(tmp_path, image, message):
+    (tmp_path / "annotations").mkdir()
+    path = tmp_path / "annotations" / "instances_val2017.json"
+    path.write_text(json.dumps({"images": [image], "annotations": [], "categories": CATEGORIES}))
+    with pytest.raises(ValueError) as err:
+        CocoDetection(tmp_path, "val")
+    assert str(err.value) == f"{path}: {message}"
 
 
 def test_missing_annotation_file_is_named(tmp_path):

@@ -12,8 +12,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from cv.detection.coco_eval import STAT_NAMES, CocoEvaluator, detections_to_coco_results
-from tests.conftest import free_port, pycocotools_stats
+from cv.detection.coco_eval import STAT_NAMES, CocoEvaluator, detections_to_coco_results, pycocotools_stats
+from tests.conftest import free_port
 
 LABEL_TO_CATEGORY_ID = {1: 1, 2: 3, 3: 7}
 CATEGORY_ID_TO_LABEL = {c: label for label, c in LABEL_TO_CATEGORY_ID.items()}
@@ -251,3 +251,33 @@ def test_distributed_gather_two_processes(tmp_path):
     assert rank0["dropped"] == {"9": 1} and rank1["dropped"] == {"9": 1}  # rank 0 counts rank 1's too
     assert (tmp_path / "results.json").exists() and not (tmp_path / "rank1.json").exists()
     assert len(json.loads((tmp_path / "results.json").read_text())) == sum(len(v) for v in GROUND_TRUTH.values())
+
+
+@pytest.mark.parametrize("coco_categories", [False, True], ids=["sample", "coco-faithful sample"])
+def test_our_table_equals_pycocotools_on_the_sample_datasets(tmp_path, coco_categories):
+    """On both sample datasets (the COCO-faithful one has crowd regions, images without objects, all area ranges),
+    detections like a detector's (jittered objects, misses, false positives, labels the dataset lacks): every one
+    of the 12 numbers equals pycocotools' own COCOeval's on the same results file."""
+    from cv.detection.coco import CocoDetection
+    from cv.detection.sample_dataset import make_sample_dataset
+
+    make_sample_dataset(tmp_path, seed=1, num_train=0, num_val=30, coco_categories=coco_categories)
+    ds = CocoDetection(tmp_path, "val", train=False)
+    rng = np.random.default_rng(0)
+    ids, detections = [], []
+    for image_id, _, h, w, boxes, labels in ds.images:
+        keep = rng.random(len(boxes)) < 0.8  # some objects missed
+        jitter = rng.normal(0, 0.08, (int(keep.sum()), 4)) * np.tile(boxes[keep, 2:] - boxes[keep, :2], 2)
+        found = boxes[keep] + jitter
+        false = rng.uniform(0, 1, (5, 2)) * [w, h]
+        found = np.concatenate([found, np.concatenate([false, false + rng.uniform(5, 60, (5, 2))], 1)])
+        found_labels = np.concatenate([labels[keep], rng.integers(1, ds.num_classes, 5)])
+        ids.append(image_id)
+        detections.append({"boxes": found.astype(np.float32), "labels": found_labels,
+                           "scores": rng.uniform(0.05, 1, len(found)).astype(np.float32)})
+    evaluator = CocoEvaluator(ds.dataset, ds.label_to_category_id)
+    evaluator.update(ids, detections)
+    stats = evaluator.summarize(tmp_path / "results.json")
+    assert 0.1 < stats["AP"] < 0.9  # a table worth comparing
+    assert bool(evaluator.dropped) == coco_categories  # a 91-way model detects ids the dataset lacks
+    assert pycocotools_stats(ds.dataset, str(tmp_path / "results.json"), ids) == pytest.approx(stats, abs=1e-9)

@@ -13,8 +13,8 @@ import pytest
 
 from cv.detection import checkpoint as ckpt
 from cv.detection.coco import COCO_CATEGORIES, COCO_LABEL_NAMES
-from cv.detection.coco_eval import STAT_NAMES
-from tests.conftest import INFER_SH, REPO, TRAIN_SH, pycocotools_stats, quick_args, run
+from cv.detection.coco_eval import STAT_NAMES, pycocotools_stats
+from tests.conftest import INFER_SH, REPO, TRAIN_SH, quick_args, run
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from cv.detection.coco import CocoDetection, make_loader, set_epoch
 from cv.detection.coco_eval import CocoEvaluator
-from cv.detection.transforms import ssd_train_transform
+from cv.detection.ssd300_vgg16.model import train_transform
 
 
 def test_sample_dataset_reads_with_contiguous_labels(sample_dataset):
@@ -32,7 +32,7 @@ def test_ground_truth_as_detections_scores_ap_1_end_to_end(sample_dataset, tmp_p
 def test_training_loader_is_reproducible_and_boxes_valid(sample_dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = CocoDetection(sample_dataset, "train", transform=ssd_train_transform(), seed=5)
+        ds = CocoDetection(sample_dataset, "train", transform=train_transform(), seed=5)
 
     def first_batches(epoch):
         loader = make_loader(ds, batch_size=4, workers=2, shuffle=True, seed=5)

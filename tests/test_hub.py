@@ -24,6 +24,7 @@ import urllib.request
 import pytest
 
 from cv.detection import hub
+from cv.detection.checkpoint import load  # every test reads weights the way the programs do: safely
 
 NAME = "ssd300_vgg16"
 
@@ -205,7 +206,6 @@ def test_cache_dir_honours_env_and_creates_it(isolated, monkeypatch, tmp_path):
 # resolve_weights over HTTP: layout, cache reuse, checksums
 
 def test_download_extract_load_then_offline_from_cache(served, isolated, capsys):
-    import oneflow as flow
 
     _, sha = make_weights_tarball(served.root)
     url = served.url(f"{NAME}.tar.gz")
@@ -214,7 +214,7 @@ def test_download_extract_load_then_offline_from_cache(served, isolated, capsys)
     # The tarball, the URL it came from, the extraction: no .part or staging leftovers.
     assert sorted(os.listdir(isolated)) == [NAME, f"{NAME}.tar.gz", f"{NAME}.tar.gz.source"]
     assert hashlib.sha256((isolated / f"{NAME}.tar.gz").read_bytes()).hexdigest() == sha
-    assert flow.load(path)["w"].numpy().tolist() == [1.0, 1.0, 1.0]
+    assert load(path)["w"].numpy().tolist() == [1.0, 1.0, 1.0]
     assert "downloaded" in capsys.readouterr().out
     assert served.requests == [f"/{NAME}.tar.gz.sha256", f"/{NAME}.tar.gz"]
 
@@ -284,19 +284,17 @@ def test_given_sha256_accepted_and_validated(served, isolated):
 
 
 def test_stale_cached_tarball_is_downloaded_again(served, isolated):
-    import oneflow as flow
 
     _, sha = make_weights_tarball(served.root, value=2.0)
     isolated.mkdir()
     (isolated / f"{NAME}.tar.gz").write_bytes(b"an older or broken download")
     path = hub.resolve_weights(served.url(f"{NAME}.tar.gz"), sha256=sha, progress=False)
     assert served.requests == [f"/{NAME}.tar.gz"]
-    assert flow.load(path)["w"].numpy().tolist() == [2.0, 2.0, 2.0]
+    assert load(path)["w"].numpy().tolist() == [2.0, 2.0, 2.0]
     assert hashlib.sha256((isolated / f"{NAME}.tar.gz").read_bytes()).hexdigest() == sha
 
 
 def test_cached_tarball_checked_against_published_sha256(served, isolated):
-    import oneflow as flow
 
     # A cached tarball (not yet extracted) whose checksum differs from the published one is replaced.
     make_weights_tarball(served.root / "..", value=3.0)  # the stale one, built elsewhere
@@ -305,7 +303,7 @@ def test_cached_tarball_checked_against_published_sha256(served, isolated):
     _, sha = make_weights_tarball(served.root, value=4.0)
     (served.root / f"{NAME}.tar.gz.sha256").write_text(sha + "\n")
     path = hub.resolve_weights(served.url(f"{NAME}.tar.gz"), progress=False)
-    assert flow.load(path)["w"].numpy().tolist() == [4.0, 4.0, 4.0]
+    assert load(path)["w"].numpy().tolist() == [4.0, 4.0, 4.0]
     assert served.requests == [f"/{NAME}.tar.gz.sha256", f"/{NAME}.tar.gz"]
 
 
@@ -433,7 +431,6 @@ def test_download_error_pickles():
 # file:// URLs and local sources
 
 def test_file_url(tmp_path, isolated):
-    import oneflow as flow
 
     tar, sha = make_weights_tarball(tmp_path)
     url = tar.as_uri()
@@ -441,7 +438,7 @@ def test_file_url(tmp_path, isolated):
     assert hub.known_sha256(url) is None  # no .sha256 beside it
     path = hub.resolve_weights(url, progress=False)
     assert path == str(isolated / NAME) and (isolated / f"{NAME}.tar.gz").is_file()
-    assert flow.load(path)["w"].numpy().tolist() == [1.0, 1.0, 1.0]
+    assert load(path)["w"].numpy().tolist() == [1.0, 1.0, 1.0]
     (tmp_path / f"{NAME}.tar.gz.sha256").write_text(sha + "\n")
     assert hub.known_sha256(url) == sha
 
@@ -564,9 +561,8 @@ def test_safe_extract_corrupt_archive(tmp_path):
 
 
 def load_value(directory):
-    import oneflow as flow
 
-    return float(flow.load(directory)["w"][0])
+    return float(load(directory)["w"][0])
 
 
 def test_a_local_tarball_replaces_an_extraction_of_another_tarball_with_its_name(tmp_path):

@@ -225,3 +225,16 @@ def test_cli_error_exit_code(tmp_path):
     run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "publish.py"), str(tmp_path / "nope"),
                           "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=str(tmp_path))
     assert run.returncode == 1 and "nope" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_full_disk_leaves_no_partial_artefact(published, small_disk):
+    """The tarball (about 100 MB here) does not fit: publishing fails naming the file, leaves no temporary and no
+    partial tarball, and what an earlier publish left there is intact (or, for the digest and cards that would no
+    longer describe the tarball beside them, removed)."""
+    out = small_disk(30)
+    (out / "ssd300_vgg16.tar.gz").write_bytes(b"an earlier tarball")
+    with pytest.raises(OSError) as err:
+        publish(published["checkpoint"], str(out))
+    assert err.value.strerror == "No space left on device" and err.value.filename == str(out / "ssd300_vgg16.tar.gz")
+    assert os.listdir(out) == ["ssd300_vgg16.tar.gz"]
+    assert (out / "ssd300_vgg16.tar.gz").read_bytes() == b"an earlier tarball"

@@ -436,7 +436,7 @@ def test_coco_training_split_skips_empty_images_and_ignores_crowds(coco_sample):
                         "images_without_boxes": len(without_objects),
                         "images_skipped_for_training": len(without_objects)}
     assert len(ds) == COCO_SPLITS["train2017"] - len(without_objects)
-    assert not set(without_objects) & {ds.image_id(i) for i in range(len(ds))}
+    assert not set(without_objects) & {ds.images[i][0] for i in range(len(ds))}
     assert sum(len(entry[4]) for entry in ds.images) == len(_objects(data))  # every single object, no crowd
     assert any(f"crowd ignored: {len(_crowds(data))}" in str(w.message) for w in caught)
 
@@ -446,7 +446,7 @@ def test_coco_training_split_skips_empty_images_and_ignores_crowds(coco_sample):
     val_data = _load(coco_sample, "val2017")
     empty_val = {im["id"] for im in val_data["images"]} - {a["image_id"] for a in val_data["annotations"]}
     for i in range(len(val)):
-        if val.image_id(i) in empty_val:
+        if val.images[i][0] in empty_val:
             image, target = val[i]
             assert image.shape[0] == 3 and target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cv.detection.transforms import (SSD300_MEAN, Compose, HorizontalFlip, IoUCrop, PhotometricDistort,
+from cv.detection.transforms import (Compose, HorizontalFlip, IoUCrop, PhotometricDistort,
                                      PhotometricParams, Resize, ZoomOut, box_iou, grey_mean, ssd_eval_transform,
                                      ssd_train_transform, to_chw_float)
 
+SIZE, SSD300_MEAN = (300, 300), (123, 117, 104)  # SSD300's input size and mean colour (0-255)
 MEAN = np.array(SSD300_MEAN, dtype=np.uint8)
 
 
@@ -57,7 +58,7 @@ def test_does_not_import_oneflow():
 
 # --- the train preset over many draws ------------------------------------------------------------------------------
 def test_train_preset_invariants_and_box_tracking():
-    transform = ssd_train_transform()
+    transform = ssd_train_transform(SIZE, SSD300_MEAN)
     seen = set()
     zooms = crops = flips = 0
     for case, (array, boxes) in enumerate(CASES):
@@ -92,7 +93,7 @@ def test_train_preset_invariants_and_box_tracking():
 
 
 def test_train_preset_is_deterministic():
-    transform = ssd_train_transform()
+    transform = ssd_train_transform(SIZE, SSD300_MEAN)
     array, boxes = CASES[0]
     for seed in range(5):
         a = transform(array, boxes, labels_for(boxes), np.random.default_rng(seed))
@@ -113,7 +114,7 @@ def test_train_preset_size_and_mean_parameters():
 
 def test_fused_preset_matches_literal_chain():
     """Same random decisions, identical boxes and labels, pixels equal up to interpolation-level differences."""
-    transform = ssd_train_transform()
+    transform = ssd_train_transform(SIZE, SSD300_MEAN)
     chain = transform.reference()
     for array, boxes in CASES:
         labels = labels_for(boxes)
@@ -127,7 +128,7 @@ def test_fused_preset_matches_literal_chain():
 
 def test_fused_preset_fill_is_undistorted_mean():
     """With zoom-out, the output outside the image is exactly the mean colour, whatever the distortion."""
-    transform = ssd_train_transform()
+    transform = ssd_train_transform(SIZE, SSD300_MEAN)
     array, boxes = CASES[0]
     checked = 0
     for seed in range(40):
@@ -181,7 +182,7 @@ def test_flip_exact():
 def test_zoom_out_exact():
     array = textured(10, 8)
     boxes = np.array([[0, 0, 10, 8], [2, 3, 4, 6]], np.float32)
-    canvas, out_boxes, out_labels = ZoomOut().expand(array, boxes, np.array([1, 2]), 2.0, (3, 5))
+    canvas, out_boxes, out_labels = ZoomOut(SSD300_MEAN).expand(array, boxes, np.array([1, 2]), 2.0, (3, 5))
     pixels = np.asarray(canvas)
     assert pixels.shape == (16, 20, 3)
     np.testing.assert_array_equal(pixels[5:13, 3:13], array)
@@ -191,7 +192,7 @@ def test_zoom_out_exact():
     np.testing.assert_array_equal(out_boxes, [[3, 5, 13, 13], [5, 8, 7, 11]])
     np.testing.assert_array_equal(out_labels, [1, 2])
     with pytest.raises(ValueError):
-        ZoomOut().expand(array, boxes, [1, 2], 2.0, (11, 0))
+        ZoomOut(SSD300_MEAN).expand(array, boxes, [1, 2], 2.0, (11, 0))
 
 
 def test_zoom_out_call_uses_sample_and_expand():
@@ -204,7 +205,7 @@ def test_zoom_out_call_uses_sample_and_expand():
     assert canvas.size == ZoomOut.canvas_size((160, 120), ratio)
     np.testing.assert_array_equal(np.asarray(canvas)[top:top + 120, left:left + 160], array)
     np.testing.assert_array_equal(out_boxes, boxes + [left, top, left, top])
-    assert ZoomOut(p=0.0)(array, boxes, labels_for(boxes), np.random.default_rng(3))[0].size == (160, 120)
+    assert ZoomOut(SSD300_MEAN, p=0.0)(array, boxes, labels_for(boxes), np.random.default_rng(3))[0].size == (160, 120)
 
 
 def test_crop_exact():
@@ -313,9 +314,9 @@ def test_photometric_draws_and_call():
 
 # --- edge cases ----------------------------------------------------------------------------------------------------
 def all_transforms():
-    train = ssd_train_transform()
-    return [PhotometricDistort(p=1.0), ZoomOut(p=1.0), IoUCrop(), HorizontalFlip(p=1.0), Resize((30, 40)),
-            Compose([ZoomOut(p=1.0), HorizontalFlip(p=1.0)]), train, train.reference(), ssd_eval_transform()]
+    train = ssd_train_transform(SIZE, SSD300_MEAN)
+    return [PhotometricDistort(p=1.0), ZoomOut(SSD300_MEAN, p=1.0), IoUCrop(), HorizontalFlip(p=1.0), Resize((30, 40)),
+            Compose([ZoomOut(SSD300_MEAN, p=1.0), HorizontalFlip(p=1.0)]), train, train.reference(), ssd_eval_transform()]
 
 
 def test_zero_boxes_pass_through_every_transform():
@@ -340,7 +341,7 @@ def test_inputs_never_modified():
         for seed in range(5):
             for img in (array, image):
                 transform(img, boxes, labels, np.random.default_rng(seed))
-    ZoomOut().expand(array, boxes, labels, 2.0, (1, 1))
+    ZoomOut(SSD300_MEAN).expand(array, boxes, labels, 2.0, (1, 1))
     IoUCrop().crop(array, boxes, labels, (10, 10, 100, 100))
     HorizontalFlip().flip(array, boxes, labels)
     for before, after in zip(keep, (array, boxes, labels)):

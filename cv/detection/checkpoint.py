@@ -302,9 +302,11 @@ def latest_checkpoint(output_dir, say=print):
             say(f"skipping damaged checkpoint {candidate} ({e})")
             continue
         found = candidate
-        stats = ((payload.get("meta") or {}).get("stats") or {}) if isinstance(payload, dict) else {}
-        if stats.get("AP") is not None and (index.get("best_ap") is None or stats["AP"] > index["best_ap"]):
-            index["best"], index["best_ap"] = candidate, stats["AP"]
+        meta = (payload.get("meta") or {}) if isinstance(payload, dict) else {}
+        stats = meta.get("stats") or {}
+        value = stats.get(meta.get("primary_metric") or "AP")  # the evaluator's primary number (COCO AP, VOC mAP)
+        if value is not None and (index.get("best_ap") is None or value > index["best_ap"]):
+            index["best"], index["best_ap"] = candidate, value
         break
     if found is None:
         return None

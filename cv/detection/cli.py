@@ -12,6 +12,7 @@ launcher can repeat the first failure as the last line of the whole run.
 """
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -32,6 +33,47 @@ class Interrupted(Exception):
     def __init__(self, signum, message):
         super().__init__(message)
         self.signum = signum or 15
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) as a request to stop at the program's next safe point,
+    where it keeps what it has done; a second Ctrl-C stops at once (``KeyboardInterrupt``). ``action`` says what
+    the program will do, once, from the first process of a run only.
+
+    A context manager for the main thread (installed before DataLoader workers start: they set their own
+    handlers); it restores the previous handlers. ``stop()`` or ``stop.requested`` tell whether a stop was asked.
+    """
+
+    def __init__(self, action):
+        self.action, self.signum, self._previous = action, None, {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None and os.environ.get("RANK", "0") in ("0", "-1"):
+            print(f"\n{signal.Signals(signum).name} received: {self.action} (Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
+        self.signum = signum
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    __call__ = requested.fget
+
+    @property
+    def name(self):
+        """The signal's name; SIGTERM where another process of the run received the request."""
+        return signal.Signals(self.signum or signal.SIGTERM).name
 
 
 def one_line(exc):

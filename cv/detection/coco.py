@@ -139,7 +139,60 @@ def _load_rgb(path, exif_transpose):
         return img.convert("RGB")
 
 
-class CocoDetection:
+class DetectionDataset:
+    """What detection datasets share however their annotations are stored (:class:`CocoDetection`,
+    :class:`cv.detection.voc.VOCDetection`): reading a sample, the rules for unreadable images, the per-epoch
+    augmentation seeding.
+
+    A subclass fills ``images`` with ``(image_id, file path, height, width, boxes [N, 4] float32, labels [N]
+    int64)`` per image, and sets ``transform``, ``train``, ``seed``, ``epoch = 0``, ``image_dir`` (named when no
+    image can be read) and ``_unreadable = 0``.
+    """
+
+    def __len__(self):
+        return len(self.images)
+
+    def set_epoch(self, epoch):
+        """Augmentation draws depend on the epoch: call this before iterating each epoch."""
+        self.epoch = epoch
+
+    def _read(self, index):
+        image_id, path, h, w, boxes, labels = self.images[index]
+        try:
+            image = load_rgb(path)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for missing, corrupt, truncated files
+            raise OSError(f"image {image_id} ({path}) cannot be read: {e}") from None
+        if image.size != (w, h):
+            raise OSError(f"image {image_id} ({path}) is {image.size[0]}x{image.size[1]} but the annotation file "
+                          f"says {w}x{h}: its boxes would be wrong")
+        return image, boxes, labels
+
+    def __getitem__(self, index):
+        # Training: an unreadable file is skipped (counted and named in a warning) by taking the next image, so
+        # a batch keeps its size; evaluation: it is an error.
+        for attempt in range(len(self.images)):
+            i = (index + attempt) % len(self.images)
+            try:
+                image, boxes, labels = self._read(i)
+                break
+            except OSError as e:
+                if not self.train:
+                    raise
+                self._unreadable += 1
+                warnings.warn(f"skipped for training: {e} (unreadable images in this process so far: "
+                              f"{self._unreadable})")
+        else:
+            raise OSError(f"no image of {self.image_dir} can be read")
+        image_id, _, h, w, _, _ = self.images[i]
+        if self.transform is None:
+            image = to_chw_float(image)
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            image, boxes, labels = self.transform(image, boxes, labels, rng)
+        return image, {"boxes": boxes, "labels": labels, "image_id": image_id, "orig_size": (h, w)}
+
+
+class CocoDetection(DetectionDataset):
     """A COCO-format split as (image, target) samples.
 
     Args:
@@ -214,50 +267,12 @@ class CocoDetection:
         self._unreadable = 0
         self._coco = None
 
-    def __len__(self):
-        return len(self.images)
+    def evaluator(self):
+        """The evaluator of this split (:class:`cv.detection.coco_eval.CocoEvaluator`; its primary metric is
+        ``AP``). Datasets of other formats have their own, with the same interface."""
+        from cv.detection.coco_eval import CocoEvaluator
 
-    def set_epoch(self, epoch):
-        """Augmentation draws depend on the epoch: call this before iterating each epoch."""
-        self.epoch = epoch
-
-    def image_id(self, index):
-        return self.images[index][0]
-
-    def _read(self, index):
-        image_id, path, h, w, boxes, labels = self.images[index]
-        try:
-            image = load_rgb(path)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for missing, corrupt, truncated files
-            raise OSError(f"image {image_id} ({path}) cannot be read: {e}") from None
-        if image.size != (w, h):
-            raise OSError(f"image {image_id} ({path}) is {image.size[0]}x{image.size[1]} but the annotation file "
-                          f"says {w}x{h}: its boxes would be wrong")
-        return image, boxes, labels
-
-    def __getitem__(self, index):
-        # Training: an unreadable file is skipped (counted and named in a warning) by taking the next image, so
-        # a batch keeps its size; evaluation: it is an error.
-        for attempt in range(len(self.images)):
-            i = (index + attempt) % len(self.images)
-            try:
-                image, boxes, labels = self._read(i)
-                break
-            except OSError as e:
-                if not self.train:
-                    raise
-                self._unreadable += 1
-                warnings.warn(f"skipped for training: {e} (unreadable images in this process so far: "
-                              f"{self._unreadable})")
-        else:
-            raise OSError(f"no image of {self.image_dir} can be read")
-        image_id, _, h, w, _, _ = self.images[i]
-        if self.transform is None:
-            image = to_chw_float(image)
-        else:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            image, boxes, labels = self.transform(image, boxes, labels, rng)
-        return image, {"boxes": boxes, "labels": labels, "image_id": image_id, "orig_size": (h, w)}
+        return CocoEvaluator(self.dataset, self.label_to_category_id)
 
 
 def collate(batch):

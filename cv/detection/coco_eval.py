@@ -10,8 +10,8 @@ batches, merging the ranks of a distributed run onto rank 0, de-duplicating imag
 to pad its last batch, writing the results file, and running the evaluation once.
 
 The evaluation itself is ``faster-coco-eval``'s ``COCOeval_faster``, an independent C++ implementation of
-pycocotools' ``COCOeval``: on a COCO-val-sized case (5,000 images, 100 detections each) it gave the same 12 numbers
-as pycocotools 2.0.8 and took 7 s instead of 87 s (see the README). The tests check that both agree on our data.
+pycocotools' ``COCOeval``, an order of magnitude faster on COCO-val-sized results (README, "Speed"; ``benchmark.py
+--sections eval``). The tests check that both give the same 12 numbers on our data.
 
 ``oneflow`` is imported only where it is needed (rank queries and the distributed gather), so the conversion and
 the single-process evaluation also work on plain numpy arrays.
@@ -184,6 +184,30 @@ def _all_gather_arrays(array):
     return [chunk.numpy()[:length] for chunk, length in zip(chunks, lengths)]
 
 
+def gather_per_image(per_image):
+    """Merge every rank's ``{image_id: [N, 6] float64 rows}`` into rank 0's ``per_image``, in place; a collective.
+
+    Rank 0's own images come first as they are; the other ranks' follow in rank order, skipping images already
+    present (a distributed sampler pads the last batch by repeating images, possibly on another rank, and a
+    repeated image would count its ground truth twice; a second gather changes nothing). Returns how many copies
+    were skipped (0 on the other ranks, whose ``per_image`` is left as it was).
+    """
+    ids = np.asarray(list(per_image), dtype=np.float64)
+    rows = [np.column_stack([np.full(len(r), i, dtype=np.float64), r]) for i, r in per_image.items()]
+    rows = np.concatenate(rows).ravel() if rows else np.zeros(0)
+    all_ids, all_rows = _all_gather_arrays(ids), _all_gather_arrays(rows)
+    skipped = 0
+    if _rank_and_world_size()[0] == 0:
+        for ids, rows in zip(all_ids[1:], all_rows[1:]):
+            rows = rows.reshape(-1, 7)
+            for image_id in ids.astype(np.int64).tolist():
+                if image_id in per_image:
+                    skipped += 1
+                else:
+                    per_image[image_id] = rows[rows[:, 0] == image_id, 1:]
+    return skipped
+
+
 class CocoEvaluator:
     """Accumulate detections batch by batch (on every rank), merge them on rank 0, evaluate once with COCOeval.
 
@@ -200,6 +224,9 @@ class CocoEvaluator:
     would count its ground truth twice. Detections of labels without a category in the annotation file are left
     out and counted in ``dropped`` (label -> count), and :meth:`summarize` says so once.
     """
+
+    # The summary's headline number: what the training program picks its best checkpoint by.
+    primary_metric = "AP"
 
     def __init__(self, gt_dataset, label_to_category_id):
         """``gt_dataset``: the annotation file's content (a dict with ``images``, ``annotations``,
@@ -255,22 +282,11 @@ class CocoEvaluator:
         """
         rank, world_size = _rank_and_world_size()
         if world_size > 1:
-            ids = np.asarray(list(self._per_image), dtype=np.float64)
-            rows = [np.column_stack([np.full(len(r), i, dtype=np.float64), r]) for i, r in self._per_image.items()]
-            rows = np.concatenate(rows).ravel() if rows else np.zeros(0)
-            dropped = np.asarray(list(self.dropped.items()), dtype=np.float64).ravel()
-            all_ids, all_rows, all_dropped = (_all_gather_arrays(a) for a in (ids, rows, dropped))
+            self.duplicates += gather_per_image(self._per_image)
+            dropped = _all_gather_arrays(np.asarray(list(self.dropped.items()), dtype=np.float64).ravel())
             if rank == 0:
-                # Rank 0's own results come first as they are; the other ranks' are appended, skipping images
-                # already present (so a second gather() changes no result).
-                for ids, rows, dropped in zip(all_ids[1:], all_rows[1:], all_dropped[1:]):
-                    rows = rows.reshape(-1, 7)
-                    for image_id in ids.astype(np.int64).tolist():
-                        if image_id in self._per_image:
-                            self.duplicates += 1
-                        else:
-                            self._per_image[image_id] = rows[rows[:, 0] == image_id, 1:]
-                    for label, count in dropped.reshape(-1, 2).astype(np.int64).tolist():
+                for counts in dropped[1:]:
+                    for label, count in counts.reshape(-1, 2).astype(np.int64).tolist():
                         self.dropped[label] = self.dropped.get(label, 0) + count
         self._gathered = True
 
@@ -319,3 +335,25 @@ class CocoEvaluator:
         stats = {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
         print(format_table(stats))
         return stats
+
+
+def pycocotools_stats(gt_dataset, results, image_ids):
+    """The 12 numbers that pycocotools' own ``COCOeval`` computes for ``results`` (a results list, or a results
+    file) on ``image_ids`` of ``gt_dataset``: the reference implementation, which the tests and the benchmark hold
+    our evaluator (faster-coco-eval) against. Slow on large sets (see the README's speed table)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its step-by-step narration
+        gt = COCO()
+        gt.dataset = gt_dataset
+        gt.createIndex()
+        evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluation.params.imgIds = sorted(image_ids)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return dict(zip(STAT_NAMES, (float(v) for v in evaluation.stats)))

@@ -5,7 +5,6 @@ trains on its own shard, losses are averaged across ranks for logging only, and 
 """
 import json
 import math
-import signal
 import time
 
 import oneflow as flow
@@ -16,36 +15,6 @@ from cv.detection.coco import set_epoch, to_tensors
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the message names the epoch and iteration."""
-
-
-class StopRequest:
-    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) as a request to stop at the next iteration boundary,
-    where the training program saves a resumable checkpoint. A second Ctrl-C stops at once (KeyboardInterrupt).
-
-    Install in the main thread, before the DataLoader starts its workers (they set their own handlers).
-    """
-
-    def __init__(self):
-        self.signum = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.signum is None:
-            dist.print0(f"\n{signal.Signals(signum).name} received: stopping after the current iteration "
-                        "(a resumable checkpoint will be saved; press Ctrl-C again to stop at once)")
-        self.signum = signum
-
-    @property
-    def requested(self):
-        return self.signum is not None
-
-    @property
-    def name(self):
-        """The signal's name; SIGTERM where another rank received the request."""
-        return signal.Signals(self.signum or signal.SIGTERM).name
 
 
 def learning_rate(base_lr, iteration, epoch, warmup_iters, lr_steps, warmup_factor=0.001, gamma=0.1):
@@ -108,7 +77,7 @@ def format_seconds(seconds):
 
 
 def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, print_freq=20, metrics=None,
-                    amp_scaler=None, total_epochs=None, start=0, stop=None):
+                    amp_scaler=None, total_epochs=None, start=0, stop=None, graph_step=None):
     """Train ``model`` for one epoch of ``loader``, or for its rest from batch ``start`` (a resumed run).
 
     Args:
@@ -117,7 +86,10 @@ def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, pr
         metrics: a :class:`MetricsFile` (rank 0) or None; logged iterations are written to it.
         amp_scaler: a :class:`DynamicLossScaler` to train under ``flow.autocast`` (CUDA only), or None.
         total_epochs: for the ETA.
-        stop: a :class:`StopRequest`; when any rank has one requested, every rank stops after the same iteration.
+        stop: a :class:`cv.detection.cli.StopRequest`; when any rank has one requested, every rank stops after the
+            same iteration.
+        graph_step: a :class:`cv.detection.graph_mode.GraphTrainer` to train in graph mode (``--graph``): it runs
+            each step (forward, backward, SGD update) as one ``nn.Graph``, with its own copy of ``schedule``.
 
     Returns the number of this epoch's iterations done (``len`` of the epoch unless stopped). Raises
     :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
@@ -144,7 +116,9 @@ def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, pr
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, targets = to_tensors(images, targets, device)
-        if amp_scaler is not None:
+        if graph_step is not None:
+            losses = graph_step(images, targets, state["iteration"])  # updated already, at this lr
+        elif amp_scaler is not None:
             with flow.autocast(device_type="cuda"):
                 losses = model(images, targets)
         else:
@@ -161,14 +135,15 @@ def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, pr
                 f"non-finite loss at epoch {epoch}, iteration {i} of {num_iters} (global {state['iteration']}): "
                 + ", ".join(f"{k}={v}" for k, v in values.items())
                 + ". Training stopped; the latest checkpoint in the output directory is from before this.")
-        optimizer.zero_grad()
-        if amp_scaler is not None:
-            (loss * amp_scaler.scale).backward()
-            if amp_scaler.unscale_and_check(model.parameters()):
+        if graph_step is None:
+            optimizer.zero_grad()
+            if amp_scaler is not None:
+                (loss * amp_scaler.scale).backward()
+                if amp_scaler.unscale_and_check(model.parameters()):
+                    optimizer.step()
+            else:
+                loss.backward()
                 optimizer.step()
-        else:
-            loss.backward()
-            optimizer.step()
         state["iteration"] += 1
         i += 1
 
@@ -200,8 +175,9 @@ def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, pr
 
 @flow.no_grad()
 def evaluate(model, loader, evaluator, device, output_json=None):
-    """Run ``model`` over ``loader`` (each rank its shard), gather the detections on rank 0 and return the COCO
-    summary there (None on other ranks). Detections go to ``output_json`` in the official results format."""
+    """Run ``model`` over ``loader`` (each rank its shard), gather the detections on rank 0 and return the
+    evaluator's summary there (None on other ranks): COCO's 12 numbers (:class:`cv.detection.coco_eval.CocoEvaluator`)
+    or VOC's APs (:class:`cv.detection.voc_eval.VocEvaluator`). Detections go to ``output_json``."""
     model.eval()
     start, count = time.perf_counter(), 0
     for images, targets in loader:

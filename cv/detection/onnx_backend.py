@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 import oneflow as flow
@@ -89,7 +90,9 @@ def cached_export(model, cache_dir, batch_size=1):
     path = os.path.join(cache_dir, f"ssd300_vgg16-{weights_fingerprint(model)[:16]}-b{batch_size}.onnx")
     if not (os.path.isfile(path) and os.path.isfile(path + ".json")):
         print(f"exporting the network to ONNX (once for these weights): {path}", flush=True)
+        start = time.perf_counter()
         export(model, path, batch_size)
+        print(f"exported in {time.perf_counter() - start:.0f} s; later runs with these weights reuse it", flush=True)
     return path
 
 
@@ -114,6 +117,9 @@ class OnnxRuntimeSSD:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # ONNX Runtime's worker threads otherwise spin for a while after each run, taking the cores the
+        # post-processing that follows (OneFlow and NumPy) needs: measured 20 ms per image more end to end.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.batch_size = info["batch_size"]

@@ -52,6 +52,10 @@ with fixed settings and the JSON holds no timestamps, so the same seed gives byt
 Pillow, libjpeg and pycocotools) and any image can be regenerated alone. Every file is written under a temporary
 name and renamed into place (:func:`cv.detection.fileio.atomic_path`).
 
+**The Pascal VOC variant** (:func:`make_voc_sample_dataset`) writes the plain sample's pictures in VOC's layout
+(``VOCdevkit/VOC2007``), the shapes named by six of VOC's classes, small objects marked difficult, with
+train/val/trainval/test image sets: what the VOC path (:mod:`cv.detection.voc`) runs on without VOC.
+
 Only NumPy and Pillow are imported here (no OneFlow), so the generator is quick to start; the COCO-faithful variant
 also imports ``pycocotools.mask`` when it runs.
 """
@@ -797,3 +801,99 @@ def make_sample_dataset(output, seed=0, num_train=DEFAULT_NUM_TRAIN, num_val=DEF
     if coco_categories:
         summary["coco_categories"] = True
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Pascal VOC variant (make_voc_sample_dataset): the same pictures, in VOC's layout.
+# ---------------------------------------------------------------------------------------------------------------
+
+# The VOC class each shape stands for, in the shape order of CATEGORIES (circle, square, triangle, ring, cross,
+# star). aeroplane and tvmonitor are VOC's first and last labels (1 and 20), where an off-by-one would show.
+VOC_SHAPE_CLASSES = ("aeroplane", "tvmonitor", "boat", "diningtable", "person", "bird")
+# (image set, split index): train and val draw their pictures as the COCO sample's train2017 and val2017 do, test
+# from a stream of its own; trainval is train + val, as in VOC.
+VOC_SPLITS = (("train", 0), ("val", 1), ("test", 2))
+VOC_DIFFICULT_SIZE = 20.0         # an object whose longer box side is below this (pixels) is marked difficult
+VOC_YEAR = "2007"
+_VOC_FILE = re.compile(r"^\d{6}\.(jpg|xml)$")
+
+
+def _voc_xml(name, width, height, objects):
+    """VOC's annotation file for one image: 1-based inclusive integer boxes covering each shape's extent."""
+    lines = ["<annotation>", f"\t<folder>VOC{VOC_YEAR}</folder>", f"\t<filename>{name}.jpg</filename>",
+             "\t<source>", f"\t\t<database>{INFO['description']}</database>", "\t</source>",
+             "\t<size>", f"\t\t<width>{width}</width>", f"\t\t<height>{height}</height>", "\t\t<depth>3</depth>",
+             "\t</size>", "\t<segmented>0</segmented>"]
+    for obj in objects:
+        x0, y0, w, h = obj["bbox"]
+        xmin, ymin, xmax, ymax = math.floor(x0) + 1, math.floor(y0) + 1, math.ceil(x0 + w), math.ceil(y0 + h)
+        truncated = int(xmin == 1 or ymin == 1 or xmax >= width or ymax >= height)
+        difficult = int(max(w, h) < VOC_DIFFICULT_SIZE)
+        lines += ["\t<object>", f"\t\t<name>{VOC_SHAPE_CLASSES[obj['label']]}</name>", "\t\t<pose>Unspecified</pose>",
+                  f"\t\t<truncated>{truncated}</truncated>", f"\t\t<difficult>{difficult}</difficult>",
+                  "\t\t<bndbox>", f"\t\t\t<xmin>{xmin}</xmin>", f"\t\t\t<ymin>{ymin}</ymin>",
+                  f"\t\t\t<xmax>{xmax}</xmax>", f"\t\t\t<ymax>{ymax}</ymax>", "\t\t</bndbox>", "\t</object>"]
+    return "\n".join(lines + ["</annotation>", ""])
+
+
+def make_voc_sample_dataset(output, seed=0, num_train=DEFAULT_NUM_TRAIN, num_val=DEFAULT_NUM_VAL,
+                            num_test=DEFAULT_NUM_VAL):
+    """Write the sample dataset in Pascal VOC's layout, as VOC's tarballs extract::
+
+        output/VOCdevkit/VOC2007/JPEGImages/000001.jpg ...     (train, then val, then test images)
+        output/VOCdevkit/VOC2007/Annotations/000001.xml ...
+        output/VOCdevkit/VOC2007/ImageSets/Main/{train,val,trainval,test}.txt
+
+    The train and val pictures are the plain sample's (:func:`make_sample_dataset` with the same seed), the shapes
+    named by VOC classes (:data:`VOC_SHAPE_CLASSES`); objects smaller than :data:`VOC_DIFFICULT_SIZE` are marked
+    difficult, those touching the border truncated. Deterministic in ``seed``; files written aside and renamed into
+    place, the image set lists last (so a list never names a file not yet written); surplus ``NNNNNN.jpg/.xml``
+    of an earlier, larger run removed.
+
+    Returns ``{"output", "seed", "format": "voc", "year", "classes", "splits": {set: {"images", "objects",
+    "difficult"}}}``.
+    """
+    seed = int(seed)
+    counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if any(n < 0 for n in counts.values()) or sum(counts.values()) >= 10 ** 6:
+        raise ValueError(f"the numbers of images must be >= 0 and below 10^6 in all, got {counts}")
+    folder = os.path.join(os.fspath(output), "VOCdevkit", f"VOC{VOC_YEAR}")
+    dirs = {d: os.path.join(folder, *d.split("/")) for d in ("Annotations", "ImageSets/Main", "JPEGImages")}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+        remove_dead_temporaries(d)
+    for set_name in ("train", "val", "trainval", "test"):  # no list may describe a mix while files are rewritten
+        path = os.path.join(dirs["ImageSets/Main"], f"{set_name}.txt")
+        if os.path.exists(path):
+            os.remove(path)
+
+    lists, summary, number = {}, {}, 0
+    for set_name, split_index in VOC_SPLITS:
+        lists[set_name], stats = [], {"images": 0, "objects": 0, "difficult": 0}
+        for i in range(counts[set_name]):
+            number += 1
+            name = f"{number:06d}"
+            pixels, objects = _render_image(seed, split_index, i)
+            height, width = pixels.shape[:2]
+            with atomic_path(os.path.join(dirs["JPEGImages"], f"{name}.jpg")) as tmp:
+                Image.fromarray(pixels).save(tmp, **JPEG_SETTINGS)
+            xml = _voc_xml(name, width, height, objects)
+            write_bytes(os.path.join(dirs["Annotations"], f"{name}.xml"), xml.encode())
+            lists[set_name].append(name)
+            stats["images"] += 1
+            stats["objects"] += len(objects)
+            stats["difficult"] += xml.count("<difficult>1</difficult>")
+        summary[set_name] = stats
+    lists["trainval"] = lists["train"] + lists["val"]
+    written = {f"{n}.{ext}" for names in lists.values() for n in names for ext in ("jpg", "xml")}
+    for d in (dirs["JPEGImages"], dirs["Annotations"]):
+        for f in os.listdir(d):
+            if _VOC_FILE.match(f) and f not in written:
+                os.remove(os.path.join(d, f))
+    for set_name in ("train", "val", "trainval", "test"):
+        write_bytes(os.path.join(dirs["ImageSets/Main"], f"{set_name}.txt"),
+                    "".join(f"{n}\n" for n in lists[set_name]).encode())
+    return {"output": os.path.abspath(output), "seed": seed, "format": "voc", "year": VOC_YEAR,
+            "classes": list(VOC_SHAPE_CLASSES), "splits": summary}

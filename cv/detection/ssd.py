@@ -16,6 +16,9 @@ from cv.detection.layers import Conv2d
 # Detections narrower or lower than this many pixels (of the network input) are dropped (see
 # SSD.postprocess_detections); the value torchvision's other detectors use in remove_small_boxes.
 MIN_BOX_SIZE = 1e-2
+# Post-processing of CPU tensors in NumPy (SSD.postprocess_detections): OneFlow 0.9's per-operation overhead on CPU
+# makes its fifty small operations cost more than the arithmetic. False: the OneFlow code everywhere.
+CPU_POSTPROCESS_IN_NUMPY = True
 
 
 def xavier_init(module):
@@ -200,10 +203,13 @@ class SSD(nn.Module):
         anchors = self.anchor_generator(grid_sizes, self.size, logits.device, logits.dtype)
         return self.postprocess_detections(head_outputs, anchors, image_sizes)
 
-    def scaled_targets(self, targets, image_sizes, device):
+    def scaled_targets(self, targets, image_sizes, device, num_gt=None):
         """Ground truth padded into ``boxes [B, G, 4]`` (in pixels of the resized input), ``labels [B, G]`` and
-        ``valid [B, G]``; ``G >= 1`` so the shapes stay usable when no image has a box."""
-        num_gt = max([1] + [t["boxes"].shape[0] for t in targets])
+        ``valid [B, G]``; ``G`` is ``num_gt`` (a fixed size: graph mode) or the most boxes of any image, at least 1
+        so the shapes stay usable when no image has a box."""
+        most = max([0] + [t["boxes"].shape[0] for t in targets])
+        assert num_gt is None or most <= num_gt, f"{most} boxes do not fit in {num_gt} rows"
+        num_gt = max(1, most) if num_gt is None else num_gt
         boxes = np.zeros((len(targets), num_gt, 4), dtype=np.float32)
         boxes[..., 2:] = 1.0  # padding is a valid 1x1 box, so that encoding it stays finite
         labels = np.zeros((len(targets), num_gt), dtype=np.int64)
@@ -220,33 +226,47 @@ class SSD(nn.Module):
     def compute_loss(self, targets, image_sizes, head_outputs, anchors):
         """Smooth-L1 on the positives' box offsets plus cross-entropy on the positives and the hardest
         negatives (3 per positive), each divided by the number of positives in the batch (paper §2.2)."""
+        gt_boxes, gt_labels, valid = self.scaled_targets(targets, image_sizes, head_outputs["cls_logits"].device)
+        box_loss, cls_loss, num_positive = self.per_image_losses(head_outputs, anchors, gt_boxes, gt_labels, valid)
+        num_positive = num_positive.sum().clamp(min=1)
+        return {"bbox_regression": box_loss.sum() / num_positive, "classification": cls_loss.sum() / num_positive}
+
+    def per_image_losses(self, head_outputs, anchors, gt_boxes, gt_labels, valid):
+        """Per image (``[B]`` each): the smooth-L1 sum over its positives, the cross-entropy sum over its positives
+        and hardest negatives, and its number of positives, from padded ground truth (:meth:`scaled_targets`).
+
+        Static shapes throughout: every default box is encoded and scored, and masks select the positives and
+        mined negatives (no boolean indexing, no host synchronisation), so the same code serves eager training and
+        the ``nn.Graph`` training step of :mod:`cv.detection.graph_mode`, which groups the sums per process to
+        reproduce DistributedDataParallel's per-process normalisation.
+        """
         bbox_regression, cls_logits = head_outputs["bbox_regression"], head_outputs["cls_logits"]
-        gt_boxes, gt_labels, valid = self.scaled_targets(targets, image_sizes, cls_logits.device)
         with flow.no_grad():
             matches = box_ops.ssd_match(box_ops.box_iou(gt_boxes, anchors), valid, self.iou_thresh)  # [B, A]
             foreground = matches >= 0
             matched = matches.clamp(min=0)
-            cls_targets = flow.where(foreground, flow.gather(gt_labels, 1, matched), flow.zeros_like(matched))
+            cls_targets = flow.gather(gt_labels, 1, matched).masked_fill(~foreground, 0)
+            # Background default boxes are encoded against some real or padding box (finite: both have a positive
+            # width and height) and masked out below.
             matched_boxes = flow.gather(gt_boxes, 1, matched[..., None].expand(*matched.shape, 4))
-            target_regression = self.box_coder.encode(matched_boxes[foreground],
-                                                      anchors.expand(*matched.shape, 4)[foreground])
-        num_foreground = max(1, int(foreground.sum()))
-        bbox_loss = F.smooth_l1_loss(bbox_regression[foreground], target_regression, reduction="sum", beta=1.0)
+            target_regression = self.box_coder.encode(matched_boxes, anchors)
+        box_loss = F.smooth_l1_loss(bbox_regression, target_regression, reduction="none", beta=1.0).sum(dim=2)
+        box_loss = box_loss.masked_fill(~foreground, 0.0).sum(dim=1)  # (not a product: 0 * inf would be NaN)
 
         num_classes = cls_logits.shape[-1]
         cls_loss = F.cross_entropy(cls_logits.reshape(-1, num_classes), cls_targets.reshape(-1),
                                    reduction="none").reshape(cls_targets.shape)
         with flow.no_grad():
             # Hard negative mining: per image, the 3 * positives negatives with the highest loss.
-            negative_loss = flow.where(foreground, flow.full_like(cls_loss, -float("inf")), cls_loss)
+            negative_loss = cls_loss.masked_fill(foreground, -float("inf"))
             _, order = negative_loss.sort(dim=1, descending=True)
             _, rank = order.sort(dim=1)
-            num_negative = self.neg_to_pos_ratio * foreground.sum(dim=1, keepdim=True)
-            # `& ~foreground`: when an image has more than a quarter of its boxes positive, the -inf positives
-            # would otherwise rank inside the negatives' quota.
-            selected = foreground | ((rank < num_negative) & ~foreground)
-        classification = (cls_loss * selected.to(cls_loss.dtype)).sum()
-        return {"bbox_regression": bbox_loss / num_foreground, "classification": classification / num_foreground}
+            num_positive = foreground.to(cls_loss.dtype).sum(dim=1)
+            # Positives sort last (their loss here is -inf), so the first 3 * positives ranks are all negatives
+            # unless an image has fewer negatives than that; positives are selected anyway.
+            selected = foreground | (rank < self.neg_to_pos_ratio * num_positive[:, None])
+        cls_loss = (cls_loss * selected.to(cls_loss.dtype)).sum(dim=1)
+        return box_loss, cls_loss, num_positive
 
     def postprocess_detections(self, head_outputs, anchors, image_sizes):
         """Decode boxes, keep per class the best ``topk_candidates`` scoring above ``score_thresh``, NMS per
@@ -255,7 +275,14 @@ class SSD(nn.Module):
         Unlike flowvision's (and torchvision's) SSD, boxes that clipping to the image collapsed to under
         ``MIN_BOX_SIZE`` pixels of width or height are dropped before NMS: they overlap nothing, so they can only
         cost precision, and users would see them as empty detections on the image border.
+
+        On CPU the same steps run in NumPy (:mod:`cv.detection.postprocess_cpu`: bit-identical, several times
+        faster) unless ``CPU_POSTPROCESS_IN_NUMPY`` is False.
         """
+        if CPU_POSTPROCESS_IN_NUMPY and head_outputs["cls_logits"].device.type == "cpu":
+            from cv.detection import postprocess_cpu
+
+            return postprocess_cpu.postprocess_detections(self, head_outputs, anchors, image_sizes, MIN_BOX_SIZE)
         scores = F.softmax(head_outputs["cls_logits"], dim=-1)[..., 1:]  # [B, A, C-1], background dropped
         boxes = box_ops.clip_boxes_to_image(self.box_coder.decode(head_outputs["bbox_regression"], anchors), self.size)
         k = min(self.topk_candidates, scores.shape[1])

@@ -47,9 +47,8 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-# --- the recipe's parameters, all in one place ---------------------------------------------------------------------
-SSD300_SIZE = (300, 300)                # output (height, width)
-SSD300_MEAN = (123, 117, 104)           # RGB 0-255: the SSD300 model's image_mean, the zoom-out fill colour
+# --- the recipe's parameters, all in one place (the output size and the zoom-out fill, the model's mean colour,
+# are the model's: SSD300_CONFIG passes them in) -------------------------------------------------------------------
 PHOTOMETRIC_P = 0.5                     # probability of each photometric operation
 BRIGHTNESS = (0.875, 1.125)             # multiplicative factor (+-32/255 of the ~255 range, as in the Caffe SSD)
 CONTRAST = (0.5, 1.5)                   # factor on the deviation from the grey mean
@@ -238,7 +237,7 @@ class ZoomOut:
     """With probability ``p``, put the image on a canvas ``ratio`` (uniform in ``ratio_range``) times its size in
     each side, at a uniformly random integer position, the rest filled with ``mean`` (RGB, 0-255)."""
 
-    def __init__(self, mean=SSD300_MEAN, ratio_range=ZOOM_RATIO, p=ZOOM_P):
+    def __init__(self, mean, ratio_range=ZOOM_RATIO, p=ZOOM_P):
         self.fill = tuple(int(round(c)) for c in mean)
         self.ratio_range = tuple(ratio_range)
         self.p = p
@@ -361,7 +360,7 @@ class HorizontalFlip:
 class Resize:
     """Resize to ``size = (height, width)``, bilinear (antialiased when shrinking); boxes scaled."""
 
-    def __init__(self, size=SSD300_SIZE):
+    def __init__(self, size):
         self.size = tuple(size)
 
     def __call__(self, image, boxes, labels, rng=None):
@@ -419,7 +418,7 @@ class SSDTrainTransform:
     ``rng`` state, and returns the same boxes and labels; the pixels are rendered in one step (module docstring).
     """
 
-    def __init__(self, size=SSD300_SIZE, mean=SSD300_MEAN):
+    def __init__(self, size, mean):
         self.size = tuple(size)
         self.photometric = PhotometricDistort()
         self.zoom_out = ZoomOut(mean)
@@ -500,8 +499,9 @@ class SSDEvalTransform:
         return to_chw_float(as_image(image)), boxes.copy(), labels.copy()
 
 
-def ssd_train_transform(size=SSD300_SIZE, mean=SSD300_MEAN):
-    """The SSD training augmentation (see :class:`SSDTrainTransform`)."""
+def ssd_train_transform(size, mean):
+    """The SSD training augmentation (see :class:`SSDTrainTransform`) to images of ``size`` (height, width), the
+    zoom-out canvas filled with ``mean`` (RGB 0-255: the model's mean colour)."""
     return SSDTrainTransform(size, mean)
 
 

@@ -42,6 +42,15 @@ SSD300_CONFIG = dict(
     image_std=[1.0 / 255.0, 1.0 / 255.0, 1.0 / 255.0],
 )
 
+
+def train_transform():
+    """The SSD training augmentation for this model: its input size, and its mean colour (0-1 here, 0-255 for the
+    augmentation) as the fill of the zoom-out canvas."""
+    from cv.detection.transforms import ssd_train_transform
+
+    return ssd_train_transform(SSD300_CONFIG["size"], tuple(round(255 * m) for m in SSD300_CONFIG["image_mean"]))
+
+
 # F.normalize's default: guards the division where a position's features are all zero.
 L2NORM_EPS = 1e-12
 

@@ -37,6 +37,7 @@ from cv.detection import fileio
 from cv.detection.coco_eval import STAT_NAMES
 from cv.detection.hub import file_sha256
 from cv.detection.ssd300_vgg16 import REPO
+from cv.detection.voc_eval import METRICS as VOC_METRICS
 
 ARCH = "ssd300_vgg16"
 PAPER = "https://arxiv.org/abs/1512.02325"
@@ -198,11 +199,23 @@ def build_card(name, checkpoint, state, payload, num_classes, tarball, sha256, s
     if payload.get("args") is None:
         unknown.append("training")
     evaluation = None
-    if stats is not None:
-        evaluation = {"dataset": trained_on.get("dataset"), "epoch": payload.get("epoch"),
+    if stats is not None and "voc_metric" in stats:  # a Pascal VOC evaluation (cv.detection.voc_eval)
+        variant = VOC_METRICS.get(stats["voc_metric"], stats["voc_metric"])
+        evaluation = {"dataset": trained_on.get("dataset"), "split": trained_on.get("eval_split"),
+                      "epoch": payload.get("epoch"),
+                      "metric": f"Pascal VOC box mAP at IoU 0.5, {variant} AP, difficult objects ignored "
+                                "(cv.detection.voc_eval), fractions in 0..1",
+                      "headline": {"name": f"VOC mAP ({variant})", "value": round(100 * stats["mAP"], 1)},
+                      "box_ap": None, "voc_metric": stats["voc_metric"],
+                      "stats": {k: stats[k] for k in ("mAP", "mAP_11point", "mAP_area") if k in stats},
+                      "class_ap": _jsonable(stats.get("class_AP"))}
+    elif stats is not None:
+        evaluation = {"dataset": trained_on.get("dataset"), "split": trained_on.get("eval_split"),
+                      "epoch": payload.get("epoch"),
                       "metric": "COCO bbox (pycocotools COCOeval), fractions in 0..1",
                       "box_ap": round(100 * stats["AP"], 1) if "AP" in stats else None,
                       "stats": {k: stats[k] for k in STAT_NAMES if k in stats}}
+        evaluation["headline"] = {"name": "COCO box AP", "value": evaluation["box_ap"]}
     training = None
     if payload.get("args") is not None or "epoch" in payload:
         training = {"epochs_done": None if payload.get("epoch") is None else payload["epoch"] + 1,
@@ -265,8 +278,9 @@ def render_markdown(card):
         f"({card['architecture']['backbone_paper']})) |",
         f"| Classes | {classes} |",
         f"| Parameters | {card['parameters']:,} in {card['tensors']} tensors |",
-        f"| Box AP | {ev['box_ap'] if ev and ev['box_ap'] is not None else 'unknown'}"
-        + (f" ({ev['dataset']}, after epoch {ev['epoch']})" if ev else "") + " |",
+        (f"| {ev['headline']['name']} | {'unknown' if ev['headline']['value'] is None else ev['headline']['value']}"
+         f" ({ev['dataset']}{' ' + ev['split'] if ev.get('split') else ''}, after epoch {ev['epoch']}) |" if ev
+         else "| Box AP | unknown |"),
         f"| Weights | `{art['file']}`, {_fmt_bytes(art['bytes'])} |",
         f"| SHA-256 | `{art['sha256']}` |",
         f"| Source | `{src['checkpoint']}` ({src['kind']}), commit `{src['commit']}` |",
@@ -274,9 +288,21 @@ def render_markdown(card):
         "## Evaluation",
         "",
     ]
-    if ev:
-        lines += [f"COCO box metrics on `{ev['dataset']}`, evaluated after epoch {ev['epoch']} (in %):", "",
-                  "| Metric | Value |", "|---|---:|"]
+    split = f" ({ev['split']})" if ev and ev.get("split") else ""
+    if ev and ev.get("voc_metric"):
+        variant = VOC_METRICS.get(ev["voc_metric"], ev["voc_metric"])
+        paper = ", the metric of the SSD paper's VOC2007 test results" if ev["voc_metric"] == "2007" else ""
+        lines += [f"Pascal VOC box mAP at IoU 0.5 on `{ev['dataset']}`{split}, evaluated after epoch {ev['epoch']}: "
+                  f"the {variant} AP per class{paper}; objects marked difficult ignored (in %):", "",
+                  "| Metric | Value |", "|---|---:|",
+                  f"| **mAP ({variant})** | **{100 * ev['stats']['mAP']:.1f}** |",
+                  f"| mAP, {VOC_METRICS['2007']} | {100 * ev['stats']['mAP_11point']:.1f} |",
+                  f"| mAP, {VOC_METRICS['2010']} | {100 * ev['stats']['mAP_area']:.1f} |"]
+        lines += [f"| AP {name} | {'n/a (no ground truth)' if v is None else f'{100 * v:.1f}'} |"
+                  for name, v in (ev.get("class_ap") or {}).items()]
+    elif ev:
+        lines += [f"COCO box metrics (pycocotools COCOeval) on `{ev['dataset']}`{split}, evaluated after epoch "
+                  f"{ev['epoch']} (in %):", "", "| Metric | Value |", "|---|---:|"]
         lines += [f"| {STAT_LABELS.get(k, k)} | {100 * v:.1f} |" for k, v in ev["stats"].items()]
     else:
         lines.append("Unknown: the checkpoint records no evaluation"

@@ -1,6 +1,7 @@
-"""Train (or evaluate) SSD300-VGG16 on COCO or any COCO-format dataset, on one process or many.
+"""Train (or evaluate) SSD300-VGG16 on COCO, any COCO-format dataset or Pascal VOC, on one process or many.
 
     cd cv/detection && bash ssd300_vgg16/train.sh [--data-path /data/coco] [flags]      # see --help
+    bash ssd300_vgg16/train.sh --data-path /data/VOCdevkit   # Pascal VOC: 07+12 trainval -> 07 test by default
 
 ``train.sh`` starts this module on every GPU of the node through :mod:`cv.detection.launch`. With no
 ``--data-path`` and no COCO in ``data/coco`` of the repository, it trains on the generated sample dataset with a
@@ -18,15 +19,13 @@ import oneflow as flow
 from cv.detection import checkpoint as ckpt
 from cv.detection import cli
 from cv.detection import distributed as dist
-from cv.detection import fileio, hub
-from cv.detection.coco import CocoDetection, make_loader
-from cv.detection.coco_eval import CocoEvaluator
-from cv.detection.engine import (DynamicLossScaler, MetricsFile, StopRequest, evaluate, learning_rate, read_metrics,
+from cv.detection import datasets, fileio, graph_mode, hub
+from cv.detection.coco import make_loader
+from cv.detection.engine import (DynamicLossScaler, MetricsFile, evaluate, learning_rate, read_metrics,
                                  train_one_epoch)
 from cv.detection.plot import plot_metrics
 from cv.detection.ssd300_vgg16 import COCO_DIR, OUTPUT_DIR, REPO, SAMPLE_DATA
-from cv.detection.ssd300_vgg16.model import SSD300_CONFIG, load_source, max_weights_bytes, ssd300_vgg16, weights_url
-from cv.detection.transforms import ssd_train_transform
+from cv.detection.ssd300_vgg16.model import load_source, max_weights_bytes, ssd300_vgg16, train_transform, weights_url
 
 # The published recipe (COCO box AP 25.1 with 8 GPUs x 4 images): SGD, lr 0.002 for a global batch of 32 (scaled
 # linearly with the actual global batch), 120 epochs with x0.1 at 80 and 110, linear warm-up, full augmentation,
@@ -44,8 +43,21 @@ DEMO = dict(RECIPE, epochs=2, lr_steps=[], warmup_iters=10, eval_every=2, pretra
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--data-path", help=f"COCO-format dataset root (train2017/, val2017/, annotations/). Default: "
-                                       f"{COCO_DIR} if it exists, else the sample dataset (demo schedule)")
+    d.add_argument("--data-path", help=f"COCO-format dataset root (train2017/, val2017/, annotations/), or a Pascal "
+                                       "VOC layout (VOCdevkit/VOC2007, VOCdevkit/VOC2012, or a folder holding several "
+                                       f"of them). Default: {COCO_DIR} if it exists, else the sample dataset (demo "
+                                       "schedule)")
+    d.add_argument("--train-split", help="COCO: the split name (default train, i.e. train2017). VOC: "
+                                         "[YEAR-]SET[,[YEAR-]SET...] of ImageSets/Main/SET.txt, e.g. "
+                                         "2007-trainval,2012-trainval (default: trainval of every year found; train "
+                                         "for a year whose val is evaluated)")
+    d.add_argument("--val-split", help="COCO: default val (val2017). VOC: as --train-split (default 2007-test if "
+                                       "VOC2007 has a test set, else val of every year)")
+    d.add_argument("--keep-difficult", action="store_true",
+                   help="VOC: train on objects marked difficult too (evaluation always ignores them)")
+    d.add_argument("--voc-metric", choices=["2007", "2010"],
+                   help="VOC: the AP that is mAP: 2007 = VOC2007 11-point (the SSD paper's; default), 2010 = "
+                        "VOC2010+ area under the curve; both are printed")
     d.add_argument("--labels", choices=["auto", "coco", "contiguous"], default="auto",
                    help="labels: COCO category ids (91-way head) or contiguous 1..K; auto: COCO's if the "
                         "categories are COCO's (default auto)")
@@ -70,6 +82,11 @@ def get_args_parser():
                                                                     f"(default {RECIPE['warmup_iters']})")
     o.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast, dynamic loss scaling); "
                                                       "CUDA only")
+    o.add_argument("--graph", action="store_true",
+                   help="graph mode: each training step (forward, loss, backward, SGD update; with --amp OneFlow's "
+                        "graph AMP and GradScaler) compiled as one nn.Graph, data parallel by global tensors (model "
+                        "broadcast, batch split over processes) instead of DistributedDataParallel; same recipe, "
+                        "losses, checkpoints and eager evaluation")
     o.add_argument("--pretrained-backbone", action=argparse.BooleanOptionalAction,
                    help="start from the ImageNet VGG16 weights (default: yes for real data, no for the demo; "
                         "$SSD300_VGG16_BACKBONE_URL overrides their address)")
@@ -139,14 +156,27 @@ def prepare_sample_dataset(path):
         print(f"generated the sample dataset in {path} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def build_data(args):
-    # The zoom-out canvas is filled with the mean colour the model subtracts (0-1 there, 0-255 here).
-    size, mean = SSD300_CONFIG["size"], tuple(round(255 * m) for m in SSD300_CONFIG["image_mean"])
-    train_set = CocoDetection(args.data_path, "train", transform=ssd_train_transform(size, mean), labels=args.labels,
-                              seed=args.seed, max_images=args.train_subset)
-    val_set = CocoDetection(args.data_path, "val", train=False, labels=args.labels, max_images=args.val_subset)
+def resolve_data(args):
+    """The layout of ``--data-path`` (COCO or Pascal VOC), said in one line; ``--train-split`` and ``--val-split``
+    filled from its defaults."""
+    layout = datasets.detect_layout(args.data_path)
+    args.train_split, args.val_split = datasets.default_splits(layout, args.train_split, args.val_split)
+    dist.print0(f"{layout.description}; " + (f"evaluating on {args.val_split}" if args.test_only else
+                                             f"training on {args.train_split}, evaluating on {args.val_split}"))
+    return layout
+
+
+def build_data(args, layout):
+    options = dict(labels=args.labels, keep_difficult=args.keep_difficult, voc_metric=args.voc_metric)
+    train_set = datasets.open_split(layout, args.train_split, True, transform=train_transform(),
+                                    seed=args.seed, max_images=args.train_subset, **options)
+    val_set = datasets.open_split(layout, args.val_split, False, max_images=args.val_subset, **options)
     if val_set.label_to_category_id != train_set.label_to_category_id:
         raise ValueError(f"{val_set.annotation_file} and {train_set.annotation_file} have different categories")
+    both = {im[0] for im in train_set.images} & {im[0] for im in val_set.images}
+    if both:
+        dist.print0(f"warning: {len(both)} of the {len(val_set)} evaluation images are also training images "
+                    f"({args.train_split} and {args.val_split} overlap): the evaluation is optimistic")
     distributed = dist.world_size() > 1
     train_loader = make_loader(train_set, args.batch_size, args.workers, shuffle=True, distributed=distributed,
                                drop_last=True, seed=args.seed)
@@ -188,13 +218,19 @@ def load_resume_point(args, model, optimizer, scaler):
 
 
 def main(args):
+    with cli.StopRequest("stopping after the current iteration (a resumable checkpoint will be saved)") as stop:
+        return run(args, stop)
+
+
+def run(args, stop):
+    """The training program (or, with ``--test-only``, the evaluation); ``stop``, a :class:`cli.StopRequest`."""
     resolve(args)
-    stop = StopRequest()
     if args.demo:
         dist.print0(f"No COCO found (no --data-path, nothing in {COCO_DIR}): training on the sample dataset in "
                     f"{SAMPLE_DATA} with a short demo schedule ({args.epochs} epochs x {args.train_subset} images, "
                     "about ten minutes on 2 CPU cores). Pass --data-path DIR to train on real data.")
         on_each_node(lambda: prepare_sample_dataset(args.data_path))
+    layout = resolve_data(args)
     flow.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -208,7 +244,7 @@ def main(args):
             print(f"removed {name}, left by a run that was killed while writing it", flush=True)
         fileio.write_json(os.path.join(args.output_dir, "args.json"), vars(args), indent=1)
 
-    train_set, val_set, train_loader, val_loader = build_data(args)
+    train_set, val_set, train_loader, val_loader = build_data(args, layout)
     if args.pretrained_backbone:
         on_each_node(lambda: hub.resolve_weights(weights_url("vgg16_backbone"), max_bytes=max_weights_bytes()))
     model = ssd300_vgg16(num_classes=train_set.num_classes, pretrained_backbone=args.pretrained_backbone)
@@ -220,24 +256,31 @@ def main(args):
             raise ValueError(f"--weights {args.weights} does not fit this model ({train_set.num_classes} "
                              f"classes): {e}") from None
     model.to(device)
-    net = flow.nn.parallel.DistributedDataParallel(model) if dist.world_size() > 1 else model
+    net = flow.nn.parallel.DistributedDataParallel(model) if dist.world_size() > 1 and not args.graph else model
     optimizer, base_lr = build_optimizer(model, args, dist.world_size())
     scaler = DynamicLossScaler() if args.amp else None
     state = load_resume_point(args, model, optimizer, scaler)
 
-    evaluator_for = lambda: CocoEvaluator(val_set.dataset, val_set.label_to_category_id)  # noqa: E731
+    evaluator_for = val_set.evaluator  # COCO's or VOC's: the dataset knows its evaluation
     metrics = MetricsFile(os.path.join(args.output_dir, "metrics.jsonl")) if dist.is_main() else None
     try:
         if args.test_only:
-            stats = evaluate(net, val_loader, evaluator_for(), device,
+            evaluator = evaluator_for()
+            stats = evaluate(net, val_loader, evaluator, device,
                              os.path.join(args.output_dir, "detections_test.json") if dist.is_main() else None)
             if metrics:
-                metrics.write({"type": "eval", "epoch": state["epoch"], "test_only": True, **stats})
+                metrics.write({"type": "eval", "epoch": state["epoch"], "test_only": True,
+                               "primary": evaluator.primary_metric, **stats})
             return stats
+        trainer = graph_mode.GraphTrainer(model, optimizer, base_lr, args.warmup_iters, args.lr_steps, state,
+                                          len(train_loader), device, scaler,
+                                          max_boxes=graph_mode.box_capacity(train_set)) if args.graph else None
         dist.print0(f"training on {len(train_set)} images ({args.data_path}), {train_set.num_classes - 1} classes, "
-                    f"{dist.world_size()} process(es) x {args.batch_size} images, lr {base_lr:g}, device {device}")
+                    f"{dist.world_size()} process(es) x {args.batch_size} images, lr {base_lr:g}, device {device}, "
+                    + (f"graph mode (nn.Graph, {trainer.max_boxes} boxes per image; compiled at the first step)"
+                       if args.graph else "eager mode"))
         stats = train(args, model, net, optimizer, scaler, state, train_set, train_loader, val_loader, base_lr,
-                      evaluator_for, metrics, device, stop)
+                      evaluator_for, metrics, device, stop, trainer)
     finally:
         if metrics:
             metrics.close()
@@ -251,26 +294,32 @@ def main(args):
 
 
 def train(args, model, net, optimizer, scaler, state, train_set, train_loader, val_loader, base_lr, evaluator_for,
-          metrics, device, stop):
+          metrics, device, stop, trainer=None):
     """The epochs from ``state`` on: train, evaluate every ``--eval-every`` epochs, checkpoint after each epoch,
-    or after the iteration in progress when a stop is requested (then :class:`cli.Interrupted` is raised)."""
+    or after the iteration in progress when a stop is requested (then :class:`cli.Interrupted` is raised).
+    ``trainer``: a :class:`graph_mode.GraphTrainer` in graph mode."""
     schedule = lambda it, ep: learning_rate(base_lr, it, ep, args.warmup_iters, args.lr_steps)  # noqa: E731
     stats = None
     for epoch in range(state["epoch"] + 1, args.epochs):
         start, state["part"] = state["part"], 0
         done = train_one_epoch(net, optimizer, train_loader, device, epoch, state, schedule, args.print_freq,
-                               metrics, scaler, args.epochs, start=start, stop=stop)
+                               metrics, scaler, args.epochs, start=start, stop=stop, graph_step=trainer)
+        if trainer is not None:
+            trainer.export()  # the graph's weights and momentum into model and optimizer: evaluation, checkpoint
         finished = done == start + len(train_loader)
-        stats = None
+        stats = primary = None
         if finished:
             # A stop requested during this evaluation takes effect once it is done.
             if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
                 json_path = os.path.join(args.output_dir, f"detections_epoch{epoch:04d}.json")
-                stats = evaluate(net, val_loader, evaluator_for(), device, json_path if dist.is_main() else None)
+                evaluator = evaluator_for()
+                stats = evaluate(net, val_loader, evaluator, device, json_path if dist.is_main() else None)
+                primary = evaluator.primary_metric  # COCO: AP, VOC: mAP; the best checkpoint's criterion
                 if metrics:
-                    metrics.write({"type": "eval", "epoch": epoch, **stats})
+                    metrics.write({"type": "eval", "epoch": epoch, "primary": primary, **stats})
             state["epoch"] = epoch
-        path = save(args, model, optimizer, scaler, state, train_set, epoch, None if finished else done, stats)
+        path = save(args, model, optimizer, scaler, state, train_set, epoch, None if finished else done, stats,
+                    primary)
         # Every rank stops after the same iteration (train_one_epoch agrees on it) or the same epoch.
         if not finished or dist.any_rank(stop.requested):
             raise cli.Interrupted(stop.signum, f"by {stop.name} at epoch {epoch}, iteration {done} of "
@@ -279,8 +328,9 @@ def train(args, model, net, optimizer, scaler, state, train_set, train_loader, v
     return stats
 
 
-def save(args, model, optimizer, scaler, state, train_set, epoch, part, stats):
-    """Rank 0 writes the checkpoint (a full disk: the error names the latest intact one); all ranks wait."""
+def save(args, model, optimizer, scaler, state, train_set, epoch, part, stats, primary=None):
+    """Rank 0 writes the checkpoint (a full disk: the error names the latest intact one); all ranks wait.
+    ``stats[primary]`` (the evaluator's primary metric) decides whether it is the best so far."""
     path = os.path.join(args.output_dir, ckpt.checkpoint_name(epoch, part))
     if dist.is_main():
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": state["epoch"],
@@ -289,10 +339,11 @@ def save(args, model, optimizer, scaler, state, train_set, epoch, part, stats):
                    "meta": {"arch": "ssd300_vgg16", "num_classes": train_set.num_classes,
                             "label_names": train_set.label_names,
                             "label_to_category_id": train_set.label_to_category_id,
-                            "dataset": args.data_path, "stats": stats}}
+                            "dataset": args.data_path, "eval_split": args.val_split, "stats": stats,
+                            "primary_metric": primary}}
         try:
             path = ckpt.save_checkpoint(args.output_dir, payload, epoch, part=part,
-                                        ap=stats["AP"] if stats else None, keep=args.keep_checkpoints)
+                                        ap=stats[primary] if stats else None, keep=args.keep_checkpoints)
         except OSError as e:
             latest = ckpt.read_index(args.output_dir).get("latest")
             raise OSError(f"cannot write checkpoint {path} ({e.strerror or e}); nothing of it was kept. The latest "
@@ -305,12 +356,14 @@ def save(args, model, optimizer, scaler, state, train_set, epoch, part, stats):
 
 def summarize_run(args):
     plot = os.path.join(args.output_dir, "training.png")
-    plot_metrics(read_metrics(os.path.join(args.output_dir, "metrics.jsonl")), plot)
+    records = read_metrics(os.path.join(args.output_dir, "metrics.jsonl"))
+    plot_metrics(records, plot)
     index = ckpt.read_index(args.output_dir)
     latest = os.path.join(args.output_dir, index["latest"])
     print(f"\ndone. latest checkpoint: {latest}")
     if index.get("best"):
-        print(f"best checkpoint: {os.path.join(args.output_dir, index['best'])} (AP {index['best_ap']:.4f})")
+        metric = next((r["primary"] for r in reversed(records) if r.get("type") == "eval" and r.get("primary")), "AP")
+        print(f"best checkpoint: {os.path.join(args.output_dir, index['best'])} ({metric} {index['best_ap']:.4f})")
     print(f"metrics: {os.path.join(args.output_dir, 'metrics.jsonl')}, plot: {plot}")
     here = os.path.dirname(os.path.abspath(__file__))
     print(f"evaluate it again: bash {os.path.join(here, 'train.sh')} --test-only --weights {latest}"
