@@ -153,6 +153,7 @@ def test_graph_and_eager_training_agree_on_one_process(tmp_path):
     assert moved > 1e-3  # it trained: agreement is not two copies of the initial weights
 
 
+@pytest.mark.slow
 def test_graph_and_eager_training_agree_on_two_processes(tmp_path):
     """The same under cv.detection.launch with 2 processes: global tensors (model broadcast, batch split along
     dim 0) against DistributedDataParallel, each process on its own images. Each process normalises its loss by
@@ -167,6 +168,7 @@ def test_graph_and_eager_training_agree_on_two_processes(tmp_path):
     assert not np.allclose(alone["losses"], eager["losses"], rtol=1e-3)  # 2 processes saw twice the data
 
 
+@pytest.mark.slow
 def test_checkpoints_resume_across_modes(tmp_path):
     """A graph-mode checkpoint continued in eager mode, and an eager one continued in graph mode, end where an
     uninterrupted eager run ends; the graph's checkpoint has the eager format (SGD momentum per parameter)."""
@@ -237,6 +239,7 @@ def test_box_capacity_holds_every_augmented_training_image(sample_dataset):
 # --- AMP: the configuration and the loss scaling (float16 itself needs CUDA) ------------------------------------
 
 
+@pytest.mark.slow
 def test_amp_graph_scales_the_loss_skips_overflowing_steps_and_keeps_the_lr_counter():
     """--amp in graph mode: the graph is configured for OneFlow's AMP with a GradScaler whose state comes from and
     goes back to the eager DynamicLossScaler (checkpoints). On CPU OneFlow's AMP pass leaves the network in float32,

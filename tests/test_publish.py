@@ -62,6 +62,7 @@ def _extract(tarball, into):
     return members
 
 
+@pytest.mark.slow
 def test_tarball_holds_exactly_the_model_weights(published, tmp_path):
     tarball = published["a"]["paths"]["tarball"]
     assert os.path.basename(tarball) == "ssd300_vgg16.tar.gz"
@@ -93,6 +94,7 @@ def test_tarball_holds_exactly_the_model_weights(published, tmp_path):
     assert size(tmp_path / "ssd300_vgg16") < 0.6 * size(published["checkpoint"])
 
 
+@pytest.mark.slow
 def test_flowvision_loader_reads_the_tarball(published, tmp_path, monkeypatch):
     from flowvision.models.detection import ssd300_vgg16 as flowvision_ssd300_vgg16
     from flowvision.models.utils import load_state_dict_from_url
@@ -110,6 +112,7 @@ def test_flowvision_loader_reads_the_tarball(published, tmp_path, monkeypatch):
                           ours["head.classification_head.module_list.0.weight"].numpy())
 
 
+@pytest.mark.slow
 def test_sha256_file_matches(published):
     paths = published["a"]["paths"]
     with open(paths["tarball"], "rb") as f:
@@ -124,6 +127,7 @@ def test_sha256_file_matches(published):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.slow
 def test_card(published):
     paths = published["a"]["paths"]
     with open(paths["card_json"]) as f:
@@ -153,6 +157,7 @@ def test_card(published):
     assert "infer.sh --weights" in md and "load_state_dict_from_url" in md and "circle" in md
 
 
+@pytest.mark.slow
 def test_publishing_twice_is_byte_identical_and_leaves_no_temporaries(published):
     a, b = published["a"]["paths"], published["b"]["paths"]
     with open(a["tarball"], "rb") as fa, open(b["tarball"], "rb") as fb:
@@ -163,6 +168,7 @@ def test_publishing_twice_is_byte_identical_and_leaves_no_temporaries(published)
                                                  "ssd300_vgg16.tar.gz.sha256"]
 
 
+@pytest.mark.slow
 def test_cli_on_a_bare_state_dict(published, tmp_path):
     """From another directory, in another process (so OneFlow's tensor naming starts elsewhere): a bare state
     dict publishes to the very same tarball as in this process, holding the same weight files as the checkpoint's,
@@ -215,6 +221,7 @@ def test_not_an_ssd_state_dict_is_a_clear_error(tmp_path):
     assert not os.path.exists(tmp_path / "out" / "ssd300_vgg16.tar.gz")
 
 
+@pytest.mark.slow
 def test_training_output_dir_names_its_checkpoints(published, tmp_path):
     out_dir = os.path.dirname(published["checkpoint"])
     with pytest.raises(PublishError, match="training output directory.*checkpoint_epoch0002"):
@@ -227,6 +234,7 @@ def test_cli_error_exit_code(tmp_path):
     assert run.returncode == 1 and "nope" in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_no_partial_artefact(published, small_disk):
     """The tarball (about 100 MB here) does not fit: publishing fails naming the file, leaves no temporary and no
     partial tarball, and what an earlier publish left there is intact (or, for the digest and cards that would no

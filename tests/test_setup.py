@@ -37,6 +37,7 @@ def test_a_second_run_installs_nothing():
     assert quiet.returncode == 0 and quiet.stdout == ""
 
 
+@pytest.mark.slow
 def test_one_setup_at_a_time():
     """While another setup holds the lock, setup.sh waits for it (two infer.sh started at once, or nodes sharing
     the checkout, must not pip-install into one venv together), then goes on."""

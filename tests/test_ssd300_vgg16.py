@@ -45,6 +45,7 @@ def trained_step(ssd300_pair):
     return out
 
 
+@pytest.mark.slow
 def test_state_dict_is_flowvisions(ssd300_pair):
     ours, reference = ssd300_pair
     sd, ref_sd = ours.state_dict(), reference.state_dict()
@@ -54,6 +55,7 @@ def test_state_dict_is_flowvisions(ssd300_pair):
     assert sum(v.numel() for v in sd.values()) == 35_641_826
 
 
+@pytest.mark.slow
 def test_preprocessing_and_head_outputs_equal_flowvisions(ssd300_pair):
     ours, reference = ssd300_pair
     ours.eval()
@@ -70,6 +72,7 @@ def test_preprocessing_and_head_outputs_equal_flowvisions(ssd300_pair):
         rel_close(head[key].numpy(), ref_head[key].numpy())
 
 
+@pytest.mark.slow
 def test_losses_equal_flowvisions(trained_step):
     ours, ref = trained_step["ours"]["losses"], trained_step["flowvision"]["losses"]
     assert ours.keys() == ref.keys() == {"bbox_regression", "classification"}
@@ -78,6 +81,7 @@ def test_losses_equal_flowvisions(trained_step):
         assert ours[k] > 0
 
 
+@pytest.mark.slow
 def test_gradients_equal_flowvisions_and_reach_every_parameter(trained_step):
     ours, ref = trained_step["ours"]["grads"], trained_step["flowvision"]["grads"]
     missing = [n for n, g in ours.items() if g is None or not np.abs(g).sum()]
@@ -93,6 +97,7 @@ def test_gradients_equal_flowvisions_and_reach_every_parameter(trained_step):
     assert max(rel.values()) < 5e-3, max(rel.items(), key=lambda kv: kv[1])
 
 
+@pytest.mark.slow
 def test_eval_runs_on_cpu_and_maps_boxes_to_each_image(ssd300_pair):
     ours, _ = ssd300_pair
     ours.eval()
@@ -139,6 +144,7 @@ def test_builder_rejects_what_it_cannot_do():
     assert all(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_pretrained_weights_come_through_the_hub(monkeypatch, tmp_path):
     import tarfile
 

@@ -278,6 +278,7 @@ class Records(list):
     write = list.append
 
 
+@pytest.mark.slow
 def test_training_makes_the_model_find_the_objects(sample_dataset, capsys):
     """The proof that the loss, the loop and the evaluation fit together: 8 sample images, 120 steps."""
     with warnings.catch_warnings():
