@@ -104,6 +104,9 @@ def test_the_training_curve(tmp_path):
     assert (ap.get_label(), ap50.get_label()) == ("AP", "AP50")
     assert list(ap.get_xdata()) == [2, 3] and list(ap50.get_ydata()) == [0.2, 0.3]  # epochs done; no test-only
     assert all(float(t).is_integer() for t in eval_ax.get_xticks())
+    assert eval_ax.get_ylim() == pytest.approx((0, 0.3 * 1.15))  # from 0, a little above the best
+    untrained = [{"type": "eval", "epoch": 0, "AP": 2e-6, "AP50": 9e-6}]
+    assert figure(records[:3] + untrained).axes[2].get_ylim() == pytest.approx((0, 0.1))  # not a 1e-6 scale
     plot_metrics(records, tmp_path / "training.png")
     from PIL import Image
 

@@ -50,10 +50,13 @@ def figure(records):
     done = [r["epoch"] + 1 for r in evals]
     for key in EVAL_METRICS:
         if evals and all(key in r for r in evals):
-            eval_ax.plot(done, [r[key] for r in evals], marker="o", label=key)
+            eval_ax.plot(done, [r[key] for r in evals], marker="o", label=key, clip_on=False)
     last_epoch = max(done + [r.get("epoch", -1) + 1 for r in train] + [1])
     eval_ax.set(title="evaluation (val)", xlabel="epochs done", ylabel="metric", xlim=(0, last_epoch + 0.5))
     eval_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # Metrics are fractions: from 0, and at least to 0.1, so an untrained model's 1e-6 does not fill the axis.
+    highest = max([r[key] for r in evals for key in EVAL_METRICS if key in r] + [0.0])
+    eval_ax.set_ylim(0, max(0.1, min(1.05, highest * 1.15)))
     if evals:
         eval_ax.legend(loc="lower right", fontsize="small")
     else:
