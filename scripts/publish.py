@@ -29,7 +29,7 @@ def main(args):
     paths, art, ev = card["paths"], card["artifact"], card["evaluation"]
     print(f"published {os.path.abspath(args.checkpoint)} in {time.perf_counter() - start:.1f} s:")
     print(f"  weights  {os.path.abspath(paths['tarball'])} ({art['bytes']:,} bytes, {card['parameters']:,} "
-          f"parameters, {card['num_classes']} classes)")
+          f"parameters, {card['num_classes']} classes including background)")
     print(f"  sha256   {os.path.abspath(paths['sha256'])} ({art['sha256']})")
     print(f"  card     {os.path.abspath(paths['card_md'])}, {os.path.abspath(paths['card_json'])}")
     print(f"  eval     {ev['headline']['name']} {ev['headline']['value']} on {ev['dataset']}"

@@ -3,7 +3,7 @@ trunk.
 
 Measuring what a change of backend does to accuracy (int8 quantization: ``tests/test_int8.py``, ``benchmark.py
 --sections int8``) needs a model that really detects objects, with detections whose scores and boxes are worth
-comparing. There are no pretrained weights without a network, and training SSD300 on a CPU costs about 4 s per image
+comparing. There are no pretrained weights without a network, and training SSD300 on a CPU costs seconds per image
 per step. Most of that is the trunk: VGG16 up to conv4_3 is 80% of the arithmetic, and the backward pass doubles it.
 Here the trunk (backbone) stays as initialised and runs once per training view; only the heads (the twelve 3x3
 convolutions that turn the six feature maps into class scores and box offsets) are trained, on the cached feature

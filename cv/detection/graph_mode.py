@@ -38,8 +38,8 @@ from cv.detection import distributed as dist
 # many): more than the busiest images of COCO 2017 (about 90 boxes once crowd regions are dropped) and Pascal VOC
 # have. The training program sizes it from its dataset instead (box_capacity), so that nothing is ever cut; an
 # image with more boxes than the step takes keeps its first ones, and GraphTrainer counts and reports such images
-# (eager training would use them all). The padding is not free on CPU: IoU and matching over [N, 100, 8732] cost
-# about 0.5 s per step at batch 2 there (OneFlow's CPU broadcast kernels); on a GPU it is negligible.
+# (eager training would use them all). The padding is not free on CPU: IoU and matching over [N, 100, 8732] go
+# through OneFlow's slow CPU broadcast kernels; on a GPU it is negligible.
 MAX_BOXES = 100
 
 # The names OneFlow 0.9 gives the graph's own state (found in nn.Graph.state_dict() and in its job passes

@@ -8,7 +8,9 @@ module, so both backends share that code and give the same detections up to floa
 An exported network is cached by the fingerprint of its weights and its batch size, next to a small JSON file
 describing it, so ``infer.sh --backend onnxruntime`` exports once per checkpoint.
 """
+import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -79,7 +81,8 @@ def export(model, path, batch_size=1):
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as work, fileio.atomic_path(path) as tmp:
         weights = os.path.join(work, "weights")
         flow.save(graph.state_dict(), weights)
-        export_onnx_model(graph, opset=OPSET, flow_weight_dir=weights, onnx_model_path=tmp)
+        with contextlib.redirect_stdout(io.StringIO()):  # its "Converting model..." lines, naming our temporary
+            export_onnx_model(graph, opset=OPSET, flow_weight_dir=weights, onnx_model_path=tmp)
     fileio.write_json(path + ".json", {"batch_size": batch_size, "size": list(model.size), "grid_sizes": grid_sizes,
                                        "num_classes": model.num_classes, "opset": OPSET})
     return path

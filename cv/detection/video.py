@@ -36,9 +36,9 @@ from PIL import Image
 
 from cv.detection import fileio
 
-# libx264 at CRF 20 keeps drawn boxes and label text sharp. "veryfast" rather than x264's default "medium":
-# measured at 640x480 on a 2-core CPU, ~15 ms per frame instead of ~43, where an ONNX Runtime detection takes
-# ~300 ms (the medium preset alone would cost 13% of the frame rate), for a slightly less efficient compression.
+# libx264 at CRF 20 keeps drawn boxes and label text sharp. "veryfast" rather than x264's default "medium": about a
+# third of the encoding time per frame, which would otherwise cost a noticeable share of the frame rate on a CPU
+# (numbers in the README's video section), for a slightly less efficient compression.
 ENCODER = {"codec": "libx264", "crf": "20", "preset": "veryfast"}
 FASTSTART = {"movflags": "faststart"}
 # negative_cts_offsets: without an edit list (a fragmented file has none) B-frame reordering would otherwise delay
