@@ -143,6 +143,7 @@ def test_lr_steps_follow_epochs_when_a_resumed_run_has_another_epoch_length():
 # --- graph and eager agree -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_graph_and_eager_training_agree_on_one_process(tmp_path):
     """3 steps of tiny_ssd from the same weights and data, recipe optimizer, warm-up and an lr step."""
     eager = train_here("eager", tmp_path / "eager", 3)
@@ -286,6 +287,7 @@ def test_amp_graph_scales_the_loss_skips_overflowing_steps_and_keeps_the_lr_coun
     assert (scaler.scale, scaler.good_steps) == (512.0, 0)
 
 
+@pytest.mark.slow
 def test_the_graph_trains_through_train_one_epoch(sample_dataset):
     """train_one_epoch with graph_step: the same logged losses and weights as the eager loop (2 iterations of
     tiny_ssd on the sample dataset's images at 64x64, through the training augmentation)."""

@@ -1,7 +1,7 @@
 """int8 inference (:mod:`cv.detection.quantize`, ``infer.sh --precision int8``).
 
 The accuracy check needs a model that really detects objects: SSD300-VGG16 with its random trunk frozen and its
-heads fitted to 8 sample images (:mod:`cv.detection.fitting`), built once for this module (about two minutes on 2
+heads fitted to 8 sample images (:mod:`cv.detection.fitting`), built once for this module (five to six minutes on 2
 CPU cores), exported and quantized once (calibrated on 16 other training images), all under pytest's tmp dirs.
 """
 import contextlib

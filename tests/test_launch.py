@@ -98,6 +98,7 @@ def test_one_process_per_visible_gpu_with_the_environment_oneflow_reads(tmp_path
     assert {r["OMP_NUM_THREADS"] for r in ranks} == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
+@pytest.mark.slow
 def test_a_failing_process_stops_the_others_and_its_message_is_the_last_line(tmp_path):
     start = time.monotonic()
     proc = launch_child(tmp_path, "fail", NPROC_PER_NODE="3")
@@ -107,6 +108,7 @@ def test_a_failing_process_stops_the_others_and_its_message_is_the_last_line(tmp
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, line", [
     ("same", "error: --epochs must be positive (process 0 of 3)"),  # the same last line every run
     ("cascade", "error: image 7 (/data/x.jpg) cannot be read (process 2 of 3)"),  # the cause, not its echo

@@ -68,6 +68,7 @@ def test_user_choice_of_coretype_is_kept():
                       OPENBLAS_CORETYPE="Sandybridge") == "Sandybridge"
 
 
+@pytest.mark.slow
 def test_chosen_coretype_computes_what_the_generic_one_does():
     if _runtime.openblas_coretype(_runtime.cpu_flags()) is None:
         pytest.skip("this CPU gets OpenBLAS's own choice: there is no other core type to compare with")

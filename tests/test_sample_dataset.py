@@ -401,6 +401,7 @@ def test_coco_variant_has_images_with_many_objects(coco_sample):
         assert np.median(list(per_image.values())) < 10  # most images are ordinary
 
 
+@pytest.mark.slow
 def test_coco_variant_is_deterministic(tmp_path):
     # 10 train images: every kind of the generator's schedule (PNG, grayscale, crowd, empty, wide, tall).
     make_sample_dataset(tmp_path / "a", seed=3, num_train=10, num_val=2, coco_categories=True)

@@ -27,6 +27,7 @@ def test_without_python_3_10_it_says_what_to_install(tmp_path):
     assert not (tmp_path / ".venv").exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_installs_nothing():
     out = subprocess.run(["bash", os.path.join(REPO, "scripts", "setup.sh")], capture_output=True, text=True,
                          timeout=120)

@@ -43,6 +43,7 @@ def test_learning_rate_warmup_and_steps():
     assert lr(5000, 3) == pytest.approx(0.001) and lr(9000, 5) == pytest.approx(0.0001)
 
 
+@pytest.mark.slow
 def test_dynamic_loss_scaler_skips_bad_steps_and_grows():
     scaler = DynamicLossScaler(init_scale=8.0, growth_interval=2)
     p = flow.nn.Parameter(flow.ones(3))
