@@ -484,17 +484,20 @@ def test_failures_end_in_one_line_through_train_sh(sample_dataset, tmp_path, npr
     env = dict(os.environ, NPROC_PER_NODE=str(nproc), MASTER_PORT=str(free_port()))
     base = ["--train-subset", "2", "--val-subset", "1", "--batch-size", "1", "--epochs", "1"]
 
-    def fails(*args, data=sample_dataset, env=env):
-        res = run(["bash", TRAIN_SH, *quick_args(data, tmp_path / "out", *base, *args)], tmp_path, env=env, expect=1)
+    def fails(*args, data=sample_dataset, env=env, expect=1):
+        res = run(["bash", TRAIN_SH, *quick_args(data, tmp_path / "out", *base, *args)], tmp_path, env=env,
+                  expect=expect)
         assert "Traceback" not in res.stderr and "CalledProcessError" not in res.stderr, res.stderr[-2000:]
         return last_line(res.stderr)
 
-    # With two processes both fail alike; whichever ends first is named.
-    suffix = re.compile(r" \(process [01] of 2\)$" if nproc > 1 else "$")
+    # With two processes both fail alike; the launcher names the lower rank, every time.
+    suffix = re.compile(r" \(process 0 of 2\)$" if nproc > 1 else "$")
 
     def ends(line, start):
         return line.startswith(start) and suffix.search(line[len(start):]) is not None
 
+    # A flag argparse refuses: its status 2, and its line last (not "process 0 exited with status 2").
+    assert ends(fails("--epochs", "0", expect=2), "error: argument --epochs: must be at least 1, got 0")
     assert ends(fails("--weights", str(nan_weights(tmp_path / "nan"))),
                 "error: non-finite loss at epoch 0, iteration 0 of ")
     missing = tmp_path / "missing"

@@ -105,7 +105,14 @@ def _report(message, prefix="error"):
 
 def run(main, parser, argv=None):
     """Parse ``argv`` with ``parser``, call ``main(args)`` and exit: 0 on success, 1 after an error (one line, see
-    the module docstring), 128 + the signal after an interruption (130 for Ctrl-C, 143 for SIGTERM)."""
+    the module docstring), 128 + the signal after an interruption (130 for Ctrl-C, 143 for SIGTERM). A flag that
+    argparse refuses exits with its status 2, after the usage and one line ``error: argument --flag: ...``."""
+    def refuse(message):  # argparse's own "prog: error: ..." would never reach the launcher's last line
+        parser.print_usage(sys.stderr)
+        _report(message)
+        sys.exit(2)
+
+    parser.error = refuse
     args = parser.parse_args(argv)
     debug = os.environ.get("CV_TRACEBACK") == "1"
     try:
