@@ -34,7 +34,7 @@ RECIPE = dict(epochs=120, batch_size=4, lr=0.002, momentum=0.9, weight_decay=5e-
               warmup_iters=1000, eval_every=10, pretrained_backbone=True, train_subset=None, val_subset=None,
               print_freq=20)
 LR_REFERENCE_BATCH = 32
-# The sample dataset's demo: the whole cycle (train, evaluate, save) in about ten minutes on 2 CPU cores. Far
+# The sample dataset's demo: the whole cycle (train, evaluate, save) in about eight minutes on 2 CPU cores. Far
 # too short to learn much from scratch; it shows the machinery, not accuracy.
 DEMO = dict(RECIPE, epochs=2, lr_steps=[], warmup_iters=10, eval_every=2, pretrained_backbone=False,
             train_subset=48, val_subset=24, print_freq=3)
@@ -228,7 +228,7 @@ def run(args, stop):
     if args.demo:
         dist.print0(f"No COCO found (no --data-path, nothing in {COCO_DIR}): training on the sample dataset in "
                     f"{SAMPLE_DATA} with a short demo schedule ({args.epochs} epochs x {args.train_subset} images, "
-                    "about ten minutes on 2 CPU cores). Pass --data-path DIR to train on real data.")
+                    "about eight minutes on 2 CPU cores). Pass --data-path DIR to train on real data.")
         on_each_node(lambda: prepare_sample_dataset(args.data_path))
     layout = resolve_data(args)
     flow.manual_seed(args.seed)
