@@ -2,8 +2,8 @@
 SSD300-VGG16 that really detects objects, for speed and accuracy, and where each millisecond of inference goes.
 
 The model: SSD300-VGG16 with a random trunk and its heads fitted to --int8-images sample-dataset images
-(:mod:`cv.detection.fitting`; no pretrained weights here). Its float32 network is exported, then quantized
-(:mod:`cv.detection.quantize`) calibrated on 16 *other* images of the same training split, as a user would
+(:mod:`fitting`; no pretrained weights here). Its float32 network is exported, then quantized
+(:mod:`cv.detection.deploy.quantize`) calibrated on 16 *other* images of the same training split, as a user would
 calibrate on training data and run on new images. Reported:
 
 - accuracy on the fitted images, float32 vs int8 (our COCO evaluation): AP, AP50, AP75, and the share of float32's
@@ -15,7 +15,7 @@ calibrate on training data and run on new images. Reported:
   (--torchvision-python, or ``import torchvision`` works here), in a worker process that decodes and detects the
   same files (its detections are checked against ours);
 - the end-to-end and profile contenders include float32 as it was before this work ("before": the post-processing
-  by OneFlow operations rather than :mod:`cv.detection.postprocess_cpu`);
+  by OneFlow operations rather than :mod:`cv.detection.models.postprocess_cpu`);
 - the profile of infer.sh's per-image work, float32 and int8: decode, conversion to a tensor, resize and
   normalisation, network, post-processing (box decoding and top-k; NMS), the JSON record, drawing, writing.
 """
@@ -108,7 +108,7 @@ def torchvision_python(args):
 
 def coco_stats(dataset, detections):
     evaluator = dataset.evaluator()
-    evaluator.update([image[0] for image in dataset.images], detections)
+    evaluator.update([record.image_id for record in dataset.images], detections)
     with contextlib.redirect_stdout(io.StringIO()):
         return evaluator.summarize(None)
 
@@ -116,7 +116,7 @@ def coco_stats(dataset, detections):
 @contextlib.contextmanager
 def oneflow_postprocessing(enabled=True):
     """Post-processing by the OneFlow code instead of its NumPy twin (what ran before it existed)."""
-    from cv.detection import ssd
+    from cv.detection.models import ssd
 
     saved = ssd.CPU_POSTPROCESS_IN_NUMPY
     ssd.CPU_POSTPROCESS_IN_NUMPY = not enabled
@@ -138,9 +138,10 @@ def records_before(output, names, score_threshold):
 def profile_stages(model, detector, names, paths, out_dir, repeats, before=False):
     """Median milliseconds per image of each step of ``infer.sh``'s work on one image (batch 1); ``before``: the
     OneFlow post-processing and the tensor-masking JSON record, as they were."""
-    from cv.detection import box_ops, fileio
+    from cv.detection.models import box_ops
+    from cv.detection.utils import fileio
     from cv.detection.ssd300_vgg16.infer import as_records, draw_detections, read_as_seen
-    from cv.detection.transforms import to_chw_float
+    from cv.detection.data.transforms import to_chw_float
 
     stages = ("decode", "to tensor", "resize+normalise", "network", "boxes+top-k", "NMS", "JSON record", "drawing",
               "write JSON", "write JPEG")
@@ -198,13 +199,13 @@ def profile_stages(model, detector, names, paths, out_dir, repeats, before=False
 
 def bench_int8(args):
     from benchmark import summarize, time_alternating  # scripts/benchmark.py, which runs this section
-    from cv.detection.coco import load_rgb
-    from cv.detection.fitting import fitted_ssd300
-    from cv.detection.onnx_backend import OnnxRuntimeSSD, cached_export
-    from cv.detection.quantize import DEFAULT_CALIBRATION_IMAGES, cached_quantized_export, match_rate
-    from cv.detection.sample_dataset import make_sample_dataset
+    from cv.detection.data.base import load_rgb
+    from fitting import fitted_ssd300
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
+    from cv.detection.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, cached_quantized_export, match_rate
+    from cv.detection.data.sample import make_sample_dataset
     from cv.detection.ssd300_vgg16.infer import label_names
-    from cv.detection.transforms import to_chw_float
+    from cv.detection.data.transforms import to_chw_float
 
     result = {}
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as work:
@@ -216,7 +217,7 @@ def bench_int8(args):
                                        log=lambda step, losses, s: print(f"  fitting: step {step}, {s:.0f} s, " + ", ".join(
                                            f"{k} {v:.3f}" for k, v in losses.items()), flush=True))
         result["fit_s"] = time.perf_counter() - start
-        paths = [image[1] for image in dataset.images]
+        paths = [record.path for record in dataset.images]
         all_train = sorted(glob.glob(os.path.join(root, "train2017", "*.jpg")))
         calibration_paths = [p for p in all_train if p not in paths][:calibration]
         cache = os.path.join(work, "onnx")

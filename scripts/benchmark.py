@@ -28,7 +28,7 @@ coretype: one SSD300 forward (batch 1) in fresh processes under OpenBLAS's own c
 does not know) and under the one cv/_runtime.py chooses for this CPU.
 
 graph: one SGD step (forward, loss, backward, momentum update) of SSD300-VGG16 in eager mode and as the
-``nn.Graph`` of ``train.sh --graph`` (:mod:`cv.detection.graph_mode`), same weights, batch (--graph-batch-size
+``nn.Graph`` of ``train.sh --graph`` (:mod:`cv.detection.engine.graph_mode`), same weights, batch (--graph-batch-size
 images at 300x300, as the training transform makes them, 1-4 boxes each) and targets, alternated: the graph with
 its targets padded to the batch's most boxes (as train.sh pads them to the dataset's most: same matching work as
 eager) and to 100 (what COCO needs); also each graph's one-off compilation (its first step). On CPU this shows the
@@ -140,9 +140,9 @@ def time_dataset_passes(dataset, repeats):
 def bench_data(args):
     import tempfile
 
-    from cv.detection.coco import CocoDetection
+    from cv.detection.data.coco import CocoDetection
     from cv.detection.ssd300_vgg16.model import train_transform
-    from cv.detection.transforms import ssd_eval_transform, to_chw_float
+    from cv.detection.data.transforms import ssd_eval_transform, to_chw_float
 
     chain = train_transform().reference()
 
@@ -173,12 +173,12 @@ def time_alternating(contenders, repeats):
 def bench_infer(args):
     import tempfile
 
-    from cv.detection import hub
-    from cv.detection.coco import load_rgb
+    from cv.detection.utils import hub
+    from cv.detection.data.base import load_rgb
     from cv.detection.ssd300_vgg16 import ssd300_vgg16
     from cv.detection.ssd300_vgg16.infer import load_model
-    from cv.detection.onnx_backend import OnnxRuntimeSSD, cached_export, network_graph
-    from cv.detection.transforms import to_chw_float
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export, network_graph
+    from cv.detection.data.transforms import to_chw_float
 
     flow.manual_seed(0)
     model = load_model(args.weights)[0] if args.weights else ssd300_vgg16().eval()
@@ -256,8 +256,9 @@ def write_pan_video(path, frames, width=640, height=480, rate=25, seed=0):
 def bench_video(args):
     import tempfile
 
-    from cv.detection import hub, video
-    from cv.detection.onnx_backend import OnnxRuntimeSSD, cached_export
+    from cv.detection.utils import hub
+    from cv.detection.deploy import video
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
     from cv.detection.ssd300_vgg16 import ssd300_vgg16
     from cv.detection.ssd300_vgg16.infer import draw_detections, frame_functions, label_names, load_model
 
@@ -329,7 +330,7 @@ def coco_val_sized_case(num_images, seed=0):
     the objects, the rest random), as model outputs: ``(gt dict, {image id: detections})``."""
     import numpy as np
 
-    from cv.detection.coco import COCO_CATEGORIES
+    from cv.detection.data.coco import COCO_CATEGORIES
 
     rng = np.random.default_rng(seed)
     ids = np.array(sorted(COCO_CATEGORIES))
@@ -365,7 +366,7 @@ def bench_eval(args):
     import contextlib
     import io
 
-    from cv.detection.coco_eval import STAT_NAMES, CocoEvaluator, detections_to_coco_results, pycocotools_stats
+    from cv.detection.evaluation.coco import STAT_NAMES, CocoEvaluator, detections_to_coco_results, pycocotools_stats
 
     gt, dets = coco_val_sized_case(args.eval_images)
     mapping = {c["id"]: c["id"] for c in gt["categories"]}
@@ -419,7 +420,7 @@ def bench_train_step(args):
 
 
 def bench_graph_step(args):
-    from cv.detection.graph_mode import GraphTrainer
+    from cv.detection.engine.graph_mode import GraphTrainer
     from cv.detection.ssd300_vgg16 import ssd300_vgg16
 
     flow.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Write the deterministic synthetic COCO-format sample dataset (see :mod:`cv.detection.sample_dataset`).
+"""Write the deterministic synthetic COCO-format sample dataset (see :mod:`cv.detection.data.sample`).
 
     .venv/bin/python scripts/make_sample_dataset.py --output DIR [--seed N] [--num-train N] [--num-val N]
                                                     [--coco-categories | --format voc [--num-test N]]
@@ -14,7 +14,7 @@ import json
 import time
 
 
-from cv.detection.sample_dataset import (DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, make_sample_dataset,
+from cv.detection.data.sample import (DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, make_sample_dataset,
                                          make_voc_sample_dataset)
 
 

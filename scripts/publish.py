@@ -10,7 +10,7 @@ import argparse
 import os
 import time
 
-from cv.detection import cli
+from cv.detection.utils import cli
 from cv.detection.ssd300_vgg16.publish import ARCH, publish
 
 

@@ -19,9 +19,9 @@ import oneflow as flow
 import pytest
 from oneflow import nn
 
-from cv.detection.anchors import DefaultBoxGenerator
-from cv.detection.layers import Conv2d
-from cv.detection.ssd import SSD
+from cv.detection.models.anchors import DefaultBoxGenerator
+from cv.detection.models.layers import Conv2d
+from cv.detection.models.ssd import SSD
 
 
 class TinyBackbone(nn.Module):
@@ -85,7 +85,7 @@ def ssd300_pair():
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """A small sample dataset (40 train, 12 val images), generated once per test session."""
-    from cv.detection.sample_dataset import make_sample_dataset
+    from cv.detection.data.sample import make_sample_dataset
     root = tmp_path_factory.mktemp("sample_coco")
     make_sample_dataset(root, seed=0, num_train=40, num_val=12)
     return root

@@ -1,7 +1,7 @@
-"""Trains tiny_ssd (tests/conftest.py) for a few steps in eager or graph mode, under cv.detection.launch or alone,
+"""Trains tiny_ssd (tests/conftest.py) for a few steps in eager or graph mode, under cv.detection.engine.launch or alone,
 from fixed weights and data, and saves the result; tests/test_graph_mode.py compares the modes.
 
-    python -m cv.detection.launch tests.graph_mode_worker MODE OUT [STEPS] [RESUME]
+    python -m cv.detection.engine.launch tests.graph_mode_worker MODE OUT [STEPS] [RESUME]
 
 MODE is eager or graph; every process trains on its own images (rank-dependent), 2 per step, with the recipe's
 optimizer (SGD, momentum 0.9, weight decay 5e-4), warm-up and an lr step. Rank 0 writes OUT/result (flow.save):
@@ -14,10 +14,10 @@ import cv  # noqa: F401
 import numpy as np
 import oneflow as flow
 
-from cv.detection import checkpoint as ckpt
-from cv.detection import distributed as dist
-from cv.detection.engine import learning_rate
-from cv.detection.graph_mode import GraphTrainer
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.engine import distributed as dist
+from cv.detection.engine.trainer import learning_rate
+from cv.detection.engine.graph_mode import GraphTrainer
 from tests.conftest import tiny_ssd
 
 BASE_LR, WARMUP, LR_STEPS, ITERS_PER_EPOCH, NUM_CLASSES = 0.05, 3, [1], 2, 5

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import oneflow as flow
 
-from cv.detection.anchors import DefaultBoxGenerator
+from cv.detection.models.anchors import DefaultBoxGenerator
 from cv.detection.ssd300_vgg16 import SSD300_CONFIG
 
 GRIDS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]

@@ -4,7 +4,7 @@ import numpy as np
 import oneflow as flow
 import pytest
 
-from cv.detection import box_ops
+from cv.detection.models import box_ops
 
 
 def T(x, dtype=flow.float32):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cv.detection import coco
-from cv.detection.coco import CocoDetection, label_mapping
+from cv.detection.data import base, coco
+from cv.detection.data.coco import CocoDetection, label_mapping
 from tests.conftest import decompression_bomb
 
 CATEGORIES = [{"id": 3, "name": "cat", "supercategory": "animal"}, {"id": 7, "name": "dog", "supercategory": "animal"},
@@ -203,13 +203,13 @@ def test_loader_batches_variable_box_counts_with_workers(tmp_path):
     anns = [{"image_id": i, "category_id": 3, "bbox": [1, 1, 5 + i, 5]} for i in range(1, 6) for _ in range(i)]
     root = write_dataset(tmp_path, [(i, f"{i}.jpg", rgb(30 + i, 40), (40, 30 + i)) for i in range(1, 6)], anns)
     ds = CocoDetection(root, "train")
-    loader = coco.make_loader(ds, batch_size=2, workers=2, shuffle=False)
+    loader = base.make_loader(ds, batch_size=2, workers=2, shuffle=False)
     batches = list(loader)
     assert [len(images) for images, _ in batches] == [2, 2, 1]
     seen = [t["image_id"] for _, targets in batches for t in targets]
     assert seen == [1, 2, 3, 4, 5]
     assert [len(t["boxes"]) for _, targets in batches for t in targets] == [1, 2, 3, 4, 5]
-    images, targets = coco.to_tensors(*batches[1])
+    images, targets = base.to_tensors(*batches[1])
     assert tuple(images[0].shape) == (3, 33, 40) and targets[1]["labels"].numpy().tolist() == [1] * 4
 
 
@@ -219,10 +219,10 @@ def test_loader_order_depends_on_seed_and_epoch_only_and_can_begin_part_way(tmp_
     root = write_dataset(tmp_path, [(i, f"{i}.jpg", rgb(), (60, 40)) for i in range(1, 12)],
                          [{"image_id": i, "category_id": 3, "bbox": [1, 1, 5, 5]} for i in range(1, 12)])
     ds = CocoDetection(root, "train")
-    loader = coco.make_loader(ds, batch_size=2, workers=0, shuffle=True, drop_last=True, seed=3)
+    loader = base.make_loader(ds, batch_size=2, workers=0, shuffle=True, drop_last=True, seed=3)
 
     def epoch(e, start=0):
-        coco.set_epoch(loader, e, start)
+        base.set_epoch(loader, e, start)
         return [[t["image_id"] for t in targets] for _, targets in loader]
 
     first, second = epoch(0), epoch(1)
@@ -231,15 +231,15 @@ def test_loader_order_depends_on_seed_and_epoch_only_and_can_begin_part_way(tmp_
     assert epoch(0) == first and epoch(1) == second  # the same again, whatever came before
     assert epoch(1, start=2) == second[2:] and len(loader) == 3
     assert epoch(1) == second and len(loader) == 5  # the next epoch starts at the beginning again
-    other = coco.make_loader(ds, batch_size=2, workers=0, shuffle=True, drop_last=True, seed=4)
-    coco.set_epoch(other, 0)
+    other = base.make_loader(ds, batch_size=2, workers=0, shuffle=True, drop_last=True, seed=4)
+    base.set_epoch(other, 0)
     assert [[t["image_id"] for t in targets] for _, targets in other] != first
 
 
 def test_ground_truth_for_evaluation(tmp_path):
     root = write_dataset(tmp_path, [(5, "a.jpg", rgb(), (60, 40))],
                          [{"image_id": 5, "category_id": 7, "bbox": [10, 5, 20, 10]}])
-    from cv.detection.coco_eval import ground_truth
+    from cv.detection.evaluation.coco import ground_truth
 
     gt = ground_truth(CocoDetection(root, "train", train=False).dataset)
     assert gt.getImgIds() == [5] and gt.getCatIds() == [3, 7, 12]

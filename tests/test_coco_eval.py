@@ -1,4 +1,4 @@
-"""COCO bbox evaluation (:mod:`cv.detection.coco_eval`) against a small hand-made ground truth.
+"""COCO bbox evaluation (:mod:`cv.detection.evaluation.coco`) against a small hand-made ground truth.
 
 The ground truth has non-contiguous category ids (1, 3, 7), mapped from contiguous model labels 1..3, and objects
 of all three COCO area ranges, so that the mapping and the per-size stats are exercised. The distributed test runs
@@ -12,7 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from cv.detection.coco_eval import STAT_NAMES, CocoEvaluator, detections_to_coco_results, pycocotools_stats
+from cv.detection.evaluation.coco import STAT_NAMES, CocoEvaluator, detections_to_coco_results, pycocotools_stats
 from tests.conftest import free_port
 
 LABEL_TO_CATEGORY_ID = {1: 1, 2: 3, 3: 7}
@@ -205,7 +205,7 @@ sys.path.insert(0, {tests_dir!r})
 import numpy as np
 import oneflow as flow
 from test_coco_eval import LABEL_TO_CATEGORY_ID, GROUND_TRUTH, make_coco, detections_for
-from cv.detection.coco_eval import CocoEvaluator
+from cv.detection.evaluation.coco import CocoEvaluator
 
 out = {out!r}
 rank, world_size = flow.env.get_rank(), flow.env.get_world_size()
@@ -238,7 +238,7 @@ def test_distributed_gather_two_processes(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, str(tmp_path), os.environ.get("PYTHONPATH")])),
                NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
-    proc = subprocess.run([sys.executable, "-m", "cv.detection.launch", "dist_eval"],
+    proc = subprocess.run([sys.executable, "-m", "cv.detection.engine.launch", "dist_eval"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -258,8 +258,8 @@ def test_our_table_equals_pycocotools_on_the_sample_datasets(tmp_path, coco_cate
     """On both sample datasets (the COCO-faithful one has crowd regions, images without objects, all area ranges),
     detections like a detector's (jittered objects, misses, false positives, labels the dataset lacks): every one
     of the 12 numbers equals pycocotools' own COCOeval's on the same results file."""
-    from cv.detection.coco import CocoDetection
-    from cv.detection.sample_dataset import make_sample_dataset
+    from cv.detection.data.coco import CocoDetection
+    from cv.detection.data.sample import make_sample_dataset
 
     make_sample_dataset(tmp_path, seed=1, num_train=0, num_val=30, coco_categories=coco_categories)
     ds = CocoDetection(tmp_path, "val", train=False)

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from cv.detection import checkpoint as ckpt
-from cv.detection.coco import COCO_CATEGORIES, COCO_LABEL_NAMES
-from cv.detection.coco_eval import STAT_NAMES, pycocotools_stats
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.data.coco import COCO_CATEGORIES, COCO_LABEL_NAMES
+from cv.detection.evaluation.coco import STAT_NAMES, pycocotools_stats
 from tests.conftest import INFER_SH, REPO, TRAIN_SH, quick_args, run
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ IDS = [11, 13, 27, 67, 84, 90]
 
 @pytest.fixture(scope="module")
 def coco_like(tmp_path_factory):
-    from cv.detection.sample_dataset import make_sample_dataset
+    from cv.detection.data.sample import make_sample_dataset
 
     root = tmp_path_factory.mktemp("coco_like")
     make_sample_dataset(root, seed=0, num_train=12, num_val=10, coco_categories=True)

@@ -3,8 +3,9 @@ import warnings
 
 import numpy as np
 
-from cv.detection.coco import CocoDetection, make_loader, set_epoch
-from cv.detection.coco_eval import CocoEvaluator
+from cv.detection.data.coco import CocoDetection
+from cv.detection.data.base import make_loader, set_epoch
+from cv.detection.evaluation.coco import CocoEvaluator
 from cv.detection.ssd300_vgg16.model import train_transform
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import oneflow as flow
 import pytest
 
-from cv.detection import checkpoint as ckpt
-from cv.detection.engine import read_metrics
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.engine.trainer import read_metrics
 from tests.conftest import TRAIN_SH, free_port, quick_args, run
 
 pytestmark = pytest.mark.slow

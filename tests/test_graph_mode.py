@@ -1,4 +1,4 @@
-"""Graph mode (``train.sh --graph``, :mod:`cv.detection.graph_mode`): the training step as one ``nn.Graph`` computes
+"""Graph mode (``train.sh --graph``, :mod:`cv.detection.engine.graph_mode`): the training step as one ``nn.Graph`` computes
 what eager training computes, on one process and on two (global tensors against DistributedDataParallel), with the
 same learning rate at every iteration, and checkpoints that either mode resumes.
 
@@ -19,10 +19,11 @@ import oneflow as flow
 import pytest
 from oneflow import nn
 
-from cv.detection import checkpoint as ckpt
-from cv.detection.coco import CocoDetection, make_loader
-from cv.detection.engine import DynamicLossScaler, learning_rate, read_metrics, train_one_epoch
-from cv.detection.graph_mode import EngineScheduleLR, GraphTrainer, box_capacity, lr_step_iterations
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.data.coco import CocoDetection
+from cv.detection.data.base import make_loader
+from cv.detection.engine.trainer import DynamicLossScaler, learning_rate, read_metrics, train_one_epoch
+from cv.detection.engine.graph_mode import EngineScheduleLR, GraphTrainer, box_capacity, lr_step_iterations
 from tests import graph_mode_worker as worker
 from tests.conftest import TRAIN, TRAIN_SH, free_port, quick_args, run, tiny_ssd
 
@@ -63,9 +64,9 @@ def train_here(mode, out, steps, resume=None):
 
 
 def train_launched(mode, out, steps, nproc=2):
-    """tests/graph_mode_worker.py under cv.detection.launch with ``nproc`` processes; its result."""
+    """tests/graph_mode_worker.py under cv.detection.engine.launch with ``nproc`` processes; its result."""
     env = dict(os.environ, NPROC_PER_NODE=str(nproc), MASTER_PORT=str(free_port()))
-    run([sys.executable, "-m", "cv.detection.launch", "tests.graph_mode_worker", mode, out, steps], REPO, env=env,
+    run([sys.executable, "-m", "cv.detection.engine.launch", "tests.graph_mode_worker", mode, out, steps], REPO, env=env,
         timeout=600)
     return ckpt.load(out)
 
@@ -156,7 +157,7 @@ def test_graph_and_eager_training_agree_on_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_graph_and_eager_training_agree_on_two_processes(tmp_path):
-    """The same under cv.detection.launch with 2 processes: global tensors (model broadcast, batch split along
+    """The same under cv.detection.engine.launch with 2 processes: global tensors (model broadcast, batch split along
     dim 0) against DistributedDataParallel, each process on its own images. Each process normalises its loss by
     its own positives (eager DDP); the data makes that matter: the two processes' images have different numbers
     of boxes at every step."""
@@ -224,7 +225,7 @@ def test_graph_step_checks_and_pads_its_input(capsys):
 def test_box_capacity_holds_every_augmented_training_image(sample_dataset):
     """train.sh pads a graph step's targets to box_capacity(training set): the augmentation never adds boxes, so no
     image is ever cut (3 epochs of the sample dataset's augmented training images)."""
-    from cv.detection.transforms import ssd_train_transform
+    from cv.detection.data.transforms import ssd_train_transform
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -291,7 +292,7 @@ def test_amp_graph_scales_the_loss_skips_overflowing_steps_and_keeps_the_lr_coun
 def test_the_graph_trains_through_train_one_epoch(sample_dataset):
     """train_one_epoch with graph_step: the same logged losses and weights as the eager loop (2 iterations of
     tiny_ssd on the sample dataset's images at 64x64, through the training augmentation)."""
-    from cv.detection.transforms import ssd_train_transform
+    from cv.detection.data.transforms import ssd_train_transform
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

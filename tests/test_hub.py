@@ -1,4 +1,4 @@
-"""cv.detection.hub: download, cache, verify and safely extract zoo tarballs.
+"""cv.detection.utils.hub: download, cache, verify and safely extract zoo tarballs.
 
 Everything runs against a local HTTP server on 127.0.0.1 (or file:// URLs) and a cache under tmp_path; the real
 home cache and any other address are never touched.
@@ -23,8 +23,8 @@ import urllib.request
 
 import pytest
 
-from cv.detection import hub
-from cv.detection.checkpoint import load  # every test reads weights the way the programs do: safely
+from cv.detection.utils import hub
+from cv.detection.engine.checkpoint import load  # every test reads weights the way the programs do: safely
 
 NAME = "ssd300_vgg16"
 
@@ -879,7 +879,7 @@ def test_unwritable_destination_fails_before_connecting(served, tmp_path, monkey
 
 
 def test_cache_dir_removes_what_killed_processes_left(isolated):
-    from cv.detection import fileio
+    from cv.detection.utils import fileio
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)

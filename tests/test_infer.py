@@ -321,10 +321,10 @@ def test_onnxruntime_backend_gives_the_same_detections(trained, images, tmp_path
     # Unrounded, in-process, with the cached export: boxes within 1e-3 px, same labels in the same order.
     import oneflow as flow
 
-    from cv.detection.coco import load_rgb
+    from cv.detection.data.base import load_rgb
     from cv.detection.ssd300_vgg16.infer import load_model
-    from cv.detection.onnx_backend import OnnxRuntimeSSD
-    from cv.detection.transforms import to_chw_float
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.data.transforms import to_chw_float
 
     model, _, _ = load_model(str(trained))
     detector = OnnxRuntimeSSD(model, str(tmp_path / "cache" / "onnx" / onnx_files[0]))

@@ -1,7 +1,7 @@
-"""int8 inference (:mod:`cv.detection.quantize`, ``infer.sh --precision int8``).
+"""int8 inference (:mod:`cv.detection.deploy.quantize`, ``infer.sh --precision int8``).
 
 The accuracy check needs a model that really detects objects: SSD300-VGG16 with its random trunk frozen and its
-heads fitted to 8 sample images (:mod:`cv.detection.fitting`), built once for this module (five to six minutes on 2
+heads fitted to 8 sample images (:mod:`fitting`), built once for this module (five to six minutes on 2
 CPU cores), exported and quantized once (calibrated on 16 other training images), all under pytest's tmp dirs.
 """
 import contextlib
@@ -24,8 +24,8 @@ CALIBRATION_IMAGES = 16
 def fitted(tmp_path_factory):
     """``(model, dataset, calibration folder)``: the fitted SSD300, the plain dataset of its 8 images, and a
     folder holding 16 other images of the same training split."""
-    from cv.detection.fitting import fitted_ssd300
-    from cv.detection.sample_dataset import make_sample_dataset
+    from fitting import fitted_ssd300
+    from cv.detection.data.sample import make_sample_dataset
 
     root = tmp_path_factory.mktemp("int8_data")
     make_sample_dataset(root, seed=0, num_train=FITTED_IMAGES + CALIBRATION_IMAGES, num_val=1)
@@ -42,8 +42,8 @@ def fitted(tmp_path_factory):
 def networks(fitted, tmp_path_factory):
     """The float32 export and its int8 quantization in a fresh ``$FLOWVISION_CACHE/onnx``, and what quantizing
     said: ``(cache root, float32 path, int8 path, messages)``."""
-    from cv.detection.onnx_backend import cached_export
-    from cv.detection.quantize import cached_quantized_export, calibration_images
+    from cv.detection.deploy.onnx_backend import cached_export
+    from cv.detection.deploy.quantize import cached_quantized_export, calibration_images
 
     model, _, calibration = fitted
     cache_root = tmp_path_factory.mktemp("flowvision_cache")
@@ -55,8 +55,8 @@ def networks(fitted, tmp_path_factory):
 
 
 def detect_all(detector, paths):
-    from cv.detection.coco import load_rgb
-    from cv.detection.transforms import to_chw_float
+    from cv.detection.data.base import load_rgb
+    from cv.detection.data.transforms import to_chw_float
 
     with flow.no_grad():
         return [detector([flow.tensor(to_chw_float(load_rgb(path)))])[0] for path in paths]
@@ -76,7 +76,7 @@ def test_opset13_conversion_is_exact(networks):
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from cv.detection.quantize import to_opset13
+    from cv.detection.deploy.quantize import to_opset13
 
     _, float_path, _, _ = networks
     opset12 = onnx.load(float_path)
@@ -149,8 +149,8 @@ def test_quantized_graph(networks):
 def accuracy(fitted, networks):
     """float32 and int8 (ONNX Runtime) on the fitted images: their COCO numbers, and how many of float32's
     detections scoring >= 0.3 int8 finds too (same label, IoU >= 0.9)."""
-    from cv.detection.onnx_backend import OnnxRuntimeSSD
-    from cv.detection.quantize import match_rate
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.deploy.quantize import match_rate
 
     model, dataset, _ = fitted
     _, float_path, int8_path, _ = networks
@@ -195,7 +195,7 @@ def test_int8_meets_the_acceptance_criteria(accuracy):
 def test_quantized_once_per_weights_and_calibration(fitted, networks):
     """The first quantization said what it did and how long it took; asked again, the cached file is returned
     without a word; other calibration images make another file."""
-    from cv.detection.quantize import cached_quantized_export, calibration_images
+    from cv.detection.deploy.quantize import cached_quantized_export, calibration_images
 
     model, _, calibration = fitted
     cache_root, _, int8_path, messages = networks
@@ -206,7 +206,7 @@ def test_quantized_once_per_weights_and_calibration(fitted, networks):
     assert again == []
     info = json.loads(open(int8_path + ".json").read())
     assert info["precision"] == "int8" and len(info["calibration_images"]) == 16
-    from cv.detection import quantize
+    from cv.detection.deploy import quantize
 
     other = quantize.files_fingerprint(paths[:-1])
     assert other != quantize.files_fingerprint(paths)
@@ -216,7 +216,7 @@ def test_infer_int8(fitted, networks, tmp_path, monkeypatch, capsys):
     """``infer.sh --precision int8`` (backend implied) on two fitted images: it reuses the cached int8 network
     (same weights, same calibration images), says which backend and precision it runs, and writes the detections
     the int8 detector gives."""
-    from cv.detection.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
     from cv.detection.ssd300_vgg16 import infer
 
     model, dataset, calibration = fitted
@@ -258,7 +258,7 @@ def test_unshare_initializers():
     import onnx
     from onnx import helper, numpy_helper
 
-    from cv.detection.quantize import unshare_initializers
+    from cv.detection.deploy.quantize import unshare_initializers
 
     weight = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
     bias = numpy_helper.from_array(np.zeros(2, np.float32), "b")

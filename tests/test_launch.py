@@ -1,4 +1,4 @@
-"""The launcher (``cv.detection.launch``, what train.sh runs): how many processes, their environment, and how a
+"""The launcher (``cv.detection.engine.launch``, what train.sh runs): how many processes, their environment, and how a
 run ends when one fails or a signal arrives. Child programs here are small modules written by the tests."""
 import os
 import signal
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cv.detection import launch
+from cv.detection.engine import launch
 from tests.conftest import free_port, last_line
 
 GPUS = 8
@@ -54,16 +54,16 @@ env = {{k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MAST
                                        "OMP_NUM_THREADS")}}
 mode = sys.argv[1]
 if mode == "fail" and rank == 1:
-    from cv.detection import cli
+    from cv.detection.utils import cli
     cli._report("image 7 (/data/x.jpg) cannot be read")
     sys.exit(1)
 if mode == "same":  # a bad flag: every process fails the same way, the highest rank first
-    from cv.detection import cli
+    from cv.detection.utils import cli
     time.sleep(0.3 * (int(os.environ["WORLD_SIZE"]) - rank))
     cli._report("--epochs must be positive")
     sys.exit(2)
 if mode == "cascade":  # rank 2 fails; rank 0 fails soon after because of it, with another message
-    from cv.detection import cli
+    from cv.detection.utils import cli
     if rank in (0, 2):
         time.sleep(0.5 if rank == 0 else 0.0)
         cli._report("image 7 (/data/x.jpg) cannot be read" if rank == 2 else "process 2 is gone")
@@ -81,7 +81,7 @@ def launch_child(tmp_path, mode, **env):
     (tmp_path / "child_mod.py").write_text(textwrap.dedent(CHILD.format(out=str(tmp_path))))
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
                 "MASTER_PORT": str(free_port()), **env}
-    return subprocess.Popen([sys.executable, "-m", "cv.detection.launch", "child_mod", mode], cwd=tmp_path,
+    return subprocess.Popen([sys.executable, "-m", "cv.detection.engine.launch", "child_mod", mode], cwd=tmp_path,
                             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

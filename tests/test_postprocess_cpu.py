@@ -1,10 +1,10 @@
-"""SSD post-processing on CPU in NumPy (:mod:`cv.detection.postprocess_cpu`) gives exactly what the OneFlow code
+"""SSD post-processing on CPU in NumPy (:mod:`cv.detection.models.postprocess_cpu`) gives exactly what the OneFlow code
 gives: the same boxes and scores bit for bit, the same labels in the same order."""
 import numpy as np
 import oneflow as flow
 import pytest
 
-from cv.detection import ssd
+from cv.detection.models import ssd
 from tests.conftest import tiny_ssd
 
 SSD300_GRIDS = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]

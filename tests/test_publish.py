@@ -13,8 +13,8 @@ import numpy as np
 import oneflow as flow
 import pytest
 
-from cv.detection import checkpoint as ckpt
-from cv.detection.coco_eval import STAT_NAMES
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.evaluation.coco import STAT_NAMES
 from cv.detection.ssd300_vgg16.publish import PublishError, publish
 from cv.detection.ssd300_vgg16 import ssd300_vgg16
 

@@ -1,4 +1,4 @@
-"""The synthetic COCO-format sample dataset (cv.detection.sample_dataset): layout, COCO validity, determinism, the
+"""The synthetic COCO-format sample dataset (cv.detection.data.sample): layout, COCO validity, determinism, the
 CLI, and that the scenes are varied enough to make a detector's AP meaningful; then the COCO-faithful variant
 (``coco_categories=True``): COCO's label space, crowd regions, area ranges, empty, grayscale and PNG images."""
 import hashlib
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cv.detection.sample_dataset import CATEGORIES, COCO_SHAPE_CATEGORIES, make_sample_dataset
+from cv.detection.data.sample import CATEGORIES, COCO_SHAPE_CATEGORIES, make_sample_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {"train2017": 40, "val2017": 12}  # as made by the sample_dataset fixture (conftest.py)
@@ -168,7 +168,7 @@ def test_cli(tmp_path):
 
 
 def test_module_does_not_import_oneflow():
-    code = "import sys, cv.detection.sample_dataset; assert 'oneflow' not in sys.modules"
+    code = "import sys, cv.detection.data.sample; assert 'oneflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
@@ -212,7 +212,7 @@ def test_plain_sample_bytes_are_pinned(tmp_path):
     the pinned Pillow (its libjpeg) may change the JPEG bytes legitimately; the annotation files depend on NumPy's
     random streams and Pillow's polygon filling only."""
     make_sample_dataset(tmp_path, seed=0, num_train=4, num_val=2)
-    assert _digest(tmp_path, ".json") == "0070a1308f196e9123cf0f6b9a2e53bf9f9b0c50fa25d8d252887536788a71c5"
+    assert _digest(tmp_path, ".json") == "c9c5d4a423e5515a17c809c56dc344ed6db941ebb8dd15f6ef4333022b216dab"
     assert _digest(tmp_path, ".jpg") == "733447b7d4e942005c82573989560e5f2c9cfa6b9a133eab29bf98d940534b89"
 
 
@@ -242,7 +242,7 @@ def _crowds(data):
 
 
 def test_coco_variant_uses_coco_label_space(coco_sample):
-    from cv.detection.coco import COCO_CATEGORIES, COCO_NUM_CLASSES, CocoDetection, label_mapping
+    from cv.detection.data.coco import COCO_CATEGORIES, COCO_NUM_CLASSES, CocoDetection, label_mapping
 
     cats = _load(coco_sample, "val2017")["categories"]
     ids = [c["id"] for c in cats]
@@ -365,7 +365,7 @@ def test_coco_variant_has_empty_images_in_both_splits(coco_sample):
 
 
 def test_coco_variant_image_formats(coco_sample):
-    from cv.detection.coco import load_rgb
+    from cv.detection.data.base import load_rgb
 
     found = {}
     for split in COCO_SPLITS:
@@ -421,7 +421,7 @@ def test_switching_variants_in_one_directory_leaves_only_the_new_one(tmp_path):
 
 
 def test_coco_training_split_skips_empty_images_and_ignores_crowds(coco_sample):
-    from cv.detection.coco import CocoDetection
+    from cv.detection.data.coco import CocoDetection
 
     data = _load(coco_sample, "train2017")
     with_objects = {a["image_id"] for a in _objects(data)}
@@ -454,8 +454,8 @@ def test_coco_training_split_skips_empty_images_and_ignores_crowds(coco_sample):
 
 def test_coco_ground_truth_as_detections_scores_ap_1_in_coco_label_space(coco_sample, tmp_path):
     """End to end in the 91-way label space: model labels are COCO ids, crowds are ignored by the evaluation."""
-    from cv.detection.coco import CocoDetection
-    from cv.detection.coco_eval import CocoEvaluator
+    from cv.detection.data.coco import CocoDetection
+    from cv.detection.evaluation.coco import CocoEvaluator
 
     with pytest.warns(UserWarning, match="crowd ignored"):
         ds = CocoDetection(coco_sample, "val")

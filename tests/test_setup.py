@@ -98,8 +98,8 @@ def test_oneflow_hub_loads_the_model_from_a_local_clone(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-3:] == ["cv.detection.ssd", str(clone / "cv" / "__init__.py"), "91"]
-    from cv.detection import checkpoint as ckpt
+    assert out.stdout.split()[-3:] == ["cv.detection.models.ssd", str(clone / "cv" / "__init__.py"), "91"]
+    from cv.detection.engine import checkpoint as ckpt
 
     loaded = ckpt.load(tmp_path / "loaded")
     for key, value in model.state_dict().items():

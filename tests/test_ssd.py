@@ -4,8 +4,8 @@ import oneflow as flow
 import oneflow.nn.functional as F
 import pytest
 
-from cv.detection import box_ops
-from cv.detection.ssd import MIN_BOX_SIZE
+from cv.detection.models import box_ops
+from cv.detection.models.ssd import MIN_BOX_SIZE
 from tests.conftest import tiny_ssd
 from tests.test_box_ops import brute_force_nms
 

@@ -148,7 +148,7 @@ def test_builder_rejects_what_it_cannot_do():
 def test_pretrained_weights_come_through_the_hub(monkeypatch, tmp_path):
     import tarfile
 
-    from cv.detection.hub import DownloadError
+    from cv.detection.utils.hub import DownloadError
 
     flow.manual_seed(3)
     published = ssd300_vgg16()

@@ -20,15 +20,16 @@ import oneflow as flow
 import pytest
 from oneflow import nn
 
-from cv.detection import checkpoint as ckpt
-from cv.detection import fileio
-from cv.detection.anchors import DefaultBoxGenerator
-from cv.detection.coco import CocoDetection, make_loader
-from cv.detection.coco_eval import CocoEvaluator
-from cv.detection.engine import (DynamicLossScaler, NonFiniteLossError, evaluate, learning_rate, read_metrics,
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.utils import fileio
+from cv.detection.models.anchors import DefaultBoxGenerator
+from cv.detection.data.coco import CocoDetection
+from cv.detection.data.base import make_loader
+from cv.detection.evaluation.coco import CocoEvaluator
+from cv.detection.engine.trainer import (DynamicLossScaler, NonFiniteLossError, evaluate, learning_rate, read_metrics,
                                  train_one_epoch)
-from cv.detection.layers import Conv2d
-from cv.detection.ssd import SSD
+from cv.detection.models.layers import Conv2d
+from cv.detection.models.ssd import SSD
 from tests.conftest import (TRAIN, TRAIN_SH, free_port, last_line, plant_payload, quick_args, run, tiny_ssd)
 
 
@@ -85,7 +86,7 @@ def test_amp_loss_scaling_in_the_training_loop(sample_dataset):
 
 
 def test_the_training_curve(tmp_path):
-    from cv.detection.plot import figure, plot_metrics, smoothed
+    from cv.detection.utils.plot import figure, plot_metrics, smoothed
 
     assert smoothed([4.0, 4.0, 4.0]) == [4.0, 4.0, 4.0]  # bias-corrected: no ramp up from 0
     # span 3, weight 1/2: (0.5 * 2) / 0.5 = 2, then (0.5 * 0.5 * 2 + 0.5 * 6) / (0.5 + 0.5 * 0.5)
@@ -148,7 +149,8 @@ def test_checkpoints_keep_the_newest_and_the_best(tmp_path):
 KILL_SCRIPT = """
 import os, signal, sys
 import oneflow as flow
-from cv.detection import checkpoint as ckpt, fileio
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.utils import fileio
 from oneflow.framework import check_point_v2
 die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 if sys.argv[2] == "mid-write":
@@ -217,13 +219,13 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
 
 def test_the_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path):
     lock = fileio.DirectoryLock(tmp_path, "training run").acquire()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cv.detection import fileio\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cv.detection.utils import fileio\n"
                                f"fileio.DirectoryLock({str(tmp_path)!r}).acquire()\nprint('locked', flush=True)\n"
                                "time.sleep(600)"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = holder.communicate(timeout=60)
     assert "is in use by another run (pid" in err  # the lock of this test process
     lock.release()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cv.detection import fileio\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cv.detection.utils import fileio\n"
                                f"fileio.DirectoryLock({str(tmp_path)!r}).acquire()\nprint('locked', flush=True)\n"
                                "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"

@@ -1,4 +1,4 @@
-"""SSD training augmentation (cv/detection/transforms.py): exact hand-made cases per transform, invariants over
+"""SSD training augmentation (cv/detection/data/transforms.py): exact hand-made cases per transform, invariants over
 many random draws of the train preset, equivalence of the fused preset with the literal chain, the eval preset,
 and that inputs are never modified. Small images keep it fast (a few seconds)."""
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cv.detection.transforms import (Compose, HorizontalFlip, IoUCrop, PhotometricDistort,
+from cv.detection.data.transforms import (Compose, HorizontalFlip, IoUCrop, PhotometricDistort,
                                      PhotometricParams, Resize, ZoomOut, box_iou, grey_mean, ssd_eval_transform,
                                      ssd_train_transform, to_chw_float)
 
@@ -52,7 +52,7 @@ def expected_boxes(boxes, labels, plan, size):
 
 # --- module hygiene ------------------------------------------------------------------------------------------------
 def test_does_not_import_oneflow():
-    code = "import sys, cv.detection.transforms; assert 'oneflow' not in sys.modules, 'oneflow imported'"
+    code = "import sys, cv.detection.data.transforms; assert 'oneflow' not in sys.modules, 'oneflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

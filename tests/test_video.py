@@ -1,4 +1,4 @@
-"""Detection on video (``cv/detection/video.py``, ``infer.sh --video/--camera``).
+"""Detection on video (``cv/detection/deploy/video.py``, ``infer.sh --video/--camera``).
 
 The clips are a few small frames cut from the sample dataset's val images and written losslessly (libx264rgb at
 qp 0), so that the frames decoded here are exactly the pictures the detector sees. The mechanics (every frame
@@ -19,9 +19,10 @@ import oneflow as flow
 import pytest
 from PIL import Image, ImageOps
 
-from cv.detection import cli, video
+from cv.detection.utils import cli
+from cv.detection.deploy import video
 from cv.detection.ssd300_vgg16.infer import as_records, draw_detections, run_on_images
-from cv.detection.transforms import to_chw_float
+from cv.detection.data.transforms import to_chw_float
 from tests.conftest import INFER_SH, last_line, run, tiny_ssd
 
 av = pytest.importorskip("av")
@@ -406,7 +407,7 @@ def test_infer_sh_video_with_oneflow(oneflow_run, weights, clip, tmp_path):
 
 @pytest.mark.slow
 def test_infer_sh_video_with_onnxruntime(oneflow_run, weights, clip, tmp_path):
-    from cv.detection.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
     from cv.detection.ssd300_vgg16.infer import load_model
 
     out = tmp_path / "ort"

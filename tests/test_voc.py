@@ -1,5 +1,5 @@
-"""Pascal VOC: annotation parsing (:mod:`cv.detection.voc`), layouts and split syntax (:mod:`cv.detection.datasets`),
-the evaluator (:mod:`cv.detection.voc_eval`) on hand-computed cases and against COCO's AP50 where the definitions
+"""Pascal VOC: annotation parsing (:mod:`cv.detection.data.voc`), layouts and split syntax (:mod:`cv.detection.data.layouts`),
+the evaluator (:mod:`cv.detection.evaluation.voc`) on hand-computed cases and against COCO's AP50 where the definitions
 coincide, the VOC sample dataset, and the programs end to end on it (slow).
 
 Evaluator cases use 10x10 boxes on one row: ``box(x)`` is ``[x, 0, x + 10, 10]``; ``FAR`` overlaps nothing.
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cv.detection import datasets, voc
-from cv.detection.voc import VOC_CLASSES, VOC_LABEL_NAMES, VOCDetection, image_id, parse_annotation, parse_split
-from cv.detection.voc_eval import VocEvaluator, ap_11_point, ap_area
+from cv.detection.data import layouts as datasets
+from cv.detection.data import voc
+from cv.detection.data.voc import VOC_CLASSES, VOC_LABEL_NAMES, VOCDetection, image_id, parse_annotation, parse_split
+from cv.detection.evaluation.voc import VocEvaluator, ap_11_point, ap_area
 from tests.conftest import INFER_SH, TRAIN_SH, free_port, last_line, quick_args, run
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_dataset_interface_and_image_ids(devkit):
     # Names outside VOC's scheme get a 52-bit hash above 2^52 (exact in float64); the same in any process and run.
     ours = image_id("mydata", "IMG_0001")
     assert 2 ** 52 <= ours < 2 ** 53
-    code = "from cv.detection.voc import image_id; print(image_id('mydata', 'IMG_0001'))"
+    code = "from cv.detection.data.voc import image_id; print(image_id('mydata', 'IMG_0001'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env=dict(os.environ, PYTHONHASHSEED="123")).stdout.split()[-1]
     assert int(other) == ours
@@ -412,7 +413,7 @@ def test_ap50_agrees_with_the_coco_evaluator_where_the_definitions_coincide(tmp_
     TP, TP (2 objects; 2/4). The marks agree because no detection overlaps two objects, none repeats a found one,
     nothing is difficult or crowd, no IoU is near 0.5, scores are distinct and there are under 100 per image.
     mAP = AP50 = (0.8 + 0.5) / 2 = 0.65."""
-    from cv.detection.coco_eval import CocoEvaluator
+    from cv.detection.evaluation.coco import CocoEvaluator
 
     ground_truth, detections = agreement_case()
     voc07, _ = evaluate(ground_truth, detections)
@@ -437,7 +438,7 @@ import json, os, sys
 sys.path.insert(0, {tests_dir!r})
 import oneflow as flow
 from test_voc import NAMES, agreement_case
-from cv.detection.voc_eval import VocEvaluator
+from cv.detection.evaluation.voc import VocEvaluator
 
 rank = flow.env.get_rank()
 ground_truth, detections = agreement_case()
@@ -462,7 +463,7 @@ def test_gather_across_two_processes_gives_the_single_process_numbers(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(filter(None, [repo, str(tmp_path), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path, NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
-    run([sys.executable, "-m", "cv.detection.launch", "voc_dist"], tmp_path, env=env, timeout=300)
+    run([sys.executable, "-m", "cv.detection.engine.launch", "voc_dist"], tmp_path, env=env, timeout=300)
     rank0, rank1 = (json.loads((tmp_path / f"stats{r}.json").read_text()) for r in (0, 1))
     assert rank0["stats"] == single and rank1["stats"] is None  # the same arithmetic: exactly equal
     assert rank0["images"] == [1, 2, 3] and rank0["duplicates"] == 1  # image 1 came from both ranks
@@ -478,7 +479,7 @@ def test_gather_across_two_processes_gives_the_single_process_numbers(tmp_path):
 
 @pytest.fixture(scope="module")
 def voc_sample(tmp_path_factory):
-    from cv.detection.sample_dataset import make_voc_sample_dataset
+    from cv.detection.data.sample import make_voc_sample_dataset
 
     root = tmp_path_factory.mktemp("sample_voc")
     summary = make_voc_sample_dataset(root, seed=0, num_train=6, num_val=3, num_test=4)
@@ -486,7 +487,7 @@ def voc_sample(tmp_path_factory):
 
 
 def test_voc_sample_layout_classes_and_difficult_objects(voc_sample, tmp_path):
-    from cv.detection.sample_dataset import VOC_SHAPE_CLASSES
+    from cv.detection.data.sample import VOC_SHAPE_CLASSES
 
     root, summary = voc_sample
     folder = root / "VOCdevkit" / "VOC2007"
@@ -513,7 +514,7 @@ def test_voc_sample_layout_classes_and_difficult_objects(voc_sample, tmp_path):
     assert difficult == summary["splits"]["test"]["difficult"]
     # The pictures are the plain sample's: image 1 is the COCO sample's train2017 image 1, byte for byte, and its
     # first box covers that one's pixels.
-    from cv.detection.sample_dataset import make_sample_dataset
+    from cv.detection.data.sample import make_sample_dataset
 
     make_sample_dataset(tmp_path, seed=0, num_train=1, num_val=0)
     coco_image = tmp_path / "train2017" / "000000000001.jpg"
@@ -563,8 +564,8 @@ def voc_trained(voc_sample, tmp_path_factory):
 
 @pytest.mark.slow
 def test_train_sh_on_voc_evaluates_and_records_the_map(voc_trained):
-    from cv.detection import checkpoint as ckpt
-    from cv.detection.engine import read_metrics
+    from cv.detection.engine import checkpoint as ckpt
+    from cv.detection.engine.trainer import read_metrics
 
     root, out, stdout = voc_trained
     assert stdout.splitlines()[0] == (f"Pascal VOC layout: VOC2007 under {root / 'VOCdevkit'}; training on "

@@ -5,7 +5,7 @@ the generated sample dataset in ``data/sample_coco``, outputs in ``output/ssd300
 """
 import os
 
-from cv.detection.ssd import SSD
+from cv.detection.models.ssd import SSD
 from cv.detection.ssd300_vgg16.model import SSD300_CONFIG, WEIGHTS, ssd300_vgg16
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

@@ -8,7 +8,7 @@ with the boxes drawn, plus one summary line on the console. ``--eval`` (alias ``
 evaluation table of a split: COCO's AP, or Pascal VOC's per-class AP and mAP. With no arguments: the sample
 dataset's val images and the newest checkpoint ``train.sh`` wrote.
 Videos and a camera (``--video``, ``--camera``): per input, the video with the boxes drawn (``<name>.mp4``) and
-one JSON line of detections per frame (``<name>.jsonl``); see :mod:`cv.detection.video`.
+one JSON line of detections per frame (``<name>.jsonl``); see :mod:`cv.detection.deploy.video`.
 """
 import argparse
 import glob
@@ -19,14 +19,19 @@ import warnings
 import oneflow as flow
 from PIL import Image, ImageDraw
 
-from cv.detection import checkpoint as ckpt
-from cv.detection import cli, datasets, fileio, hub, video
-from cv.detection.coco import COCO_LABEL_NAMES, COCO_NUM_CLASSES, load_rgb, make_loader
-from cv.detection.engine import evaluate
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.utils import cli
+from cv.detection.data import layouts as datasets
+from cv.detection.utils import fileio
+from cv.detection.utils import hub
+from cv.detection.deploy import video
+from cv.detection.data.coco import COCO_LABEL_NAMES, COCO_NUM_CLASSES
+from cv.detection.data.base import load_rgb, make_loader
+from cv.detection.engine.trainer import evaluate
 from cv.detection.ssd300_vgg16 import OUTPUT_DIR, SAMPLE_DATA
 from cv.detection.ssd300_vgg16.model import (MAX_WEIGHTS_MB_ENV, PRETRAINED_URL_ENV, from_state_dict,
                                              load_source, weights_url)
-from cv.detection.transforms import to_chw_float
+from cv.detection.data.transforms import to_chw_float
 
 EXIF_ORIENTATION = 0x0112
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -262,7 +267,7 @@ def check_videos(args):
 
 
 def frame_functions(detector, names, score_threshold, device):
-    """``(detect, to_records)`` for :func:`cv.detection.video.process_video`: frames take the image path (RGB uint8
+    """``(detect, to_records)`` for :func:`cv.detection.deploy.video.process_video`: frames take the image path (RGB uint8
     -> :func:`to_chw_float` -> the detector), so they get the detections the same pictures get as images."""
     @flow.no_grad()
     def detect(frames):
@@ -332,17 +337,17 @@ def evaluate_split(detector, names, meta, args, device):
 def onnxruntime_detector(model, args):
     """``model`` with its network run by ONNX Runtime: the float32 export, or with ``--precision int8`` its
     quantization calibrated on ``--calibration-data`` (each made once and cached in ``$FLOWVISION_CACHE/onnx``)."""
-    from cv.detection.onnx_backend import OnnxRuntimeSSD, cached_export
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
 
     cache = os.path.join(hub.cache_dir(), "onnx")
     if args.precision == "float32":
         return OnnxRuntimeSSD(model, cached_export(model, cache))
-    from cv.detection.quantize import cached_quantized_export, calibration_images
+    from cv.detection.deploy.quantize import cached_quantized_export, calibration_images
 
     source = args.calibration_data
     if source is None:
         if not os.path.isdir(os.path.join(SAMPLE_DATA, "train2017")):
-            from cv.detection.sample_dataset import make_sample_dataset
+            from cv.detection.data.sample import make_sample_dataset
 
             make_sample_dataset(SAMPLE_DATA)
         source = SAMPLE_DATA
@@ -380,7 +385,7 @@ def main(args):
         return run_on_videos(detector, names, videos, args, device)
     if args.images is None:
         if not os.path.isdir(os.path.join(SAMPLE_DATA, "val2017")):
-            from cv.detection.sample_dataset import make_sample_dataset
+            from cv.detection.data.sample import make_sample_dataset
 
             make_sample_dataset(SAMPLE_DATA)
         args.images = [os.path.join(SAMPLE_DATA, "val2017")]

@@ -11,9 +11,9 @@ import warnings
 import oneflow as flow
 from oneflow import nn
 
-from cv.detection.anchors import DefaultBoxGenerator
-from cv.detection.layers import Conv2d
-from cv.detection.ssd import SSD, xavier_init
+from cv.detection.models.anchors import DefaultBoxGenerator
+from cv.detection.models.layers import Conv2d
+from cv.detection.models.ssd import SSD, xavier_init
 
 # Published weights, beside the model as data. The backbone weights are the Caffe VGG16 of the original SSD
 # release (as converted by amdegroot/ssd.pytorch), which expects 0-255 BGR-mean-subtracted input: hence the
@@ -46,7 +46,7 @@ SSD300_CONFIG = dict(
 def train_transform():
     """The SSD training augmentation for this model: its input size, and its mean colour (0-1 here, 0-255 for the
     augmentation) as the fill of the zoom-out canvas."""
-    from cv.detection.transforms import ssd_train_transform
+    from cv.detection.data.transforms import ssd_train_transform
 
     return ssd_train_transform(SSD300_CONFIG["size"], tuple(round(255 * m) for m in SSD300_CONFIG["image_mean"]))
 
@@ -173,13 +173,14 @@ def load_weights(name, progress=True):
 
 def load_source(source, sha256=None, progress=True):
     """``(payload, meta)`` of a checkpoint directory, an extracted zoo directory, or a zoo tarball (a path or an
-    http(s)/file URL), read without running code from it (:func:`cv.detection.checkpoint.load`). Tarballs go
-    through :mod:`cv.detection.hub` (cached, checksum verified where one is known, extraction size-capped).
+    http(s)/file URL), read without running code from it (:func:`cv.detection.engine.checkpoint.load`). Tarballs go
+    through :mod:`cv.detection.utils.hub` (cached, checksum verified where one is known, extraction size-capped).
 
     ``meta`` describes the training data (``label_names``, ``label_to_category_id``...): our checkpoints hold it,
-    published tarballs carry it in :data:`~cv.detection.checkpoint.META_FILE`; None when unknown.
+    published tarballs carry it in :data:`~cv.detection.engine.checkpoint.META_FILE`; None when unknown.
     """
-    from cv.detection import checkpoint, hub
+    from cv.detection.engine import checkpoint
+    from cv.detection.utils import hub
 
     if not hub.is_url(source) and os.path.isdir(source):
         if sha256:
@@ -195,7 +196,7 @@ def load_source(source, sha256=None, progress=True):
 
 def ssd300_vgg16(pretrained=False, progress=True, num_classes=91, pretrained_backbone=False,
                  trainable_backbone_layers=None, **kwargs):
-    """SSD300 with a VGG16 trunk (see :class:`cv.detection.ssd.SSD` for the input/output contract).
+    """SSD300 with a VGG16 trunk (see :class:`cv.detection.models.ssd.SSD` for the input/output contract).
 
     Args:
         pretrained: load the zoo's COCO weights (box AP 25.1); needs ``num_classes=91``.
@@ -204,7 +205,7 @@ def ssd300_vgg16(pretrained=False, progress=True, num_classes=91, pretrained_bac
         pretrained_backbone: start from the ImageNet VGG16 weights (ignored with ``pretrained``).
         trainable_backbone_layers: how many of VGG16's 5 stages are trained, counted from the last. Defaults to
             4 with pretrained weights; without them the whole trunk is trained (5).
-        **kwargs: passed to :class:`~cv.detection.ssd.SSD` (``score_thresh``, ``nms_thresh``, ...).
+        **kwargs: passed to :class:`~cv.detection.models.ssd.SSD` (``score_thresh``, ``nms_thresh``, ...).
     """
     if "size" in kwargs:
         raise ValueError("SSD300's input size is fixed at 300x300; use another builder for other sizes")

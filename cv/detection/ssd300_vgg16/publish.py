@@ -18,7 +18,7 @@ the layout flowvision's ``load_state_dict_from_url`` reads: a gzip tar of ONE di
 The tarball is reproducible (same checkpoint -> same bytes, so its digest identifies the weights, not the
 moment of publishing): members sorted, mtime 0, uid/gid 0 without names, fixed modes, gzip header without name or
 time, and tensor directories named by position rather than by OneFlow's process-wide counter (see
-:func:`_save_state_dict`). Every file is written aside and renamed into place (:func:`cv.detection.fileio.atomic_path`);
+:func:`_save_state_dict`). Every file is written aside and renamed into place (:func:`cv.detection.utils.fileio.atomic_path`);
 see :func:`publish` for what an interrupted run leaves.
 """
 import datetime
@@ -32,12 +32,12 @@ from collections import OrderedDict
 
 import oneflow as flow
 
-from cv.detection import checkpoint as ckpt
-from cv.detection import fileio
-from cv.detection.coco_eval import STAT_NAMES
-from cv.detection.hub import file_sha256
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.utils import fileio
+from cv.detection.evaluation.coco import STAT_NAMES
+from cv.detection.utils.hub import file_sha256
 from cv.detection.ssd300_vgg16 import REPO
-from cv.detection.voc_eval import METRICS as VOC_METRICS
+from cv.detection.evaluation.voc import METRICS as VOC_METRICS
 
 ARCH = "ssd300_vgg16"
 PAPER = "https://arxiv.org/abs/1512.02325"
@@ -58,7 +58,7 @@ class PublishError(ValueError):
 
 def read_checkpoint(path):
     """``(state_dict, payload_or_None)`` of a checkpoint of ours (``payload["model"]``) or a bare state dict, read
-    without running code from it (:func:`cv.detection.checkpoint.load`).
+    without running code from it (:func:`cv.detection.engine.checkpoint.load`).
 
     Raises FileNotFoundError if ``path`` does not exist, PublishError if it is not something we can publish;
     both name the path."""
@@ -199,12 +199,12 @@ def build_card(name, checkpoint, state, payload, num_classes, tarball, sha256, s
     if payload.get("args") is None:
         unknown.append("training")
     evaluation = None
-    if stats is not None and "voc_metric" in stats:  # a Pascal VOC evaluation (cv.detection.voc_eval)
+    if stats is not None and "voc_metric" in stats:  # a Pascal VOC evaluation (cv.detection.evaluation.voc)
         variant = VOC_METRICS.get(stats["voc_metric"], stats["voc_metric"])
         evaluation = {"dataset": trained_on.get("dataset"), "split": trained_on.get("eval_split"),
                       "epoch": payload.get("epoch"),
                       "metric": f"Pascal VOC box mAP at IoU 0.5, {variant} AP, difficult objects ignored "
-                                "(cv.detection.voc_eval), fractions in 0..1",
+                                "(cv.detection.evaluation.voc), fractions in 0..1",
                       "headline": {"name": f"VOC mAP ({variant})", "value": round(100 * stats["mAP"], 1)},
                       "box_ap": None, "voc_metric": stats["voc_metric"],
                       "stats": {k: stats[k] for k in ("mAP", "mAP_11point", "mAP_area") if k in stats},

@@ -3,7 +3,7 @@
     cd cv/detection && bash ssd300_vgg16/train.sh [--data-path /data/coco] [flags]      # see --help
     bash ssd300_vgg16/train.sh --data-path /data/VOCdevkit   # Pascal VOC: 07+12 trainval -> 07 test by default
 
-``train.sh`` starts this module on every GPU of the node through :mod:`cv.detection.launch`. With no
+``train.sh`` starts this module on every GPU of the node through :mod:`cv.detection.engine.launch`. With no
 ``--data-path`` and no COCO in ``data/coco`` of the repository, it trains on the generated sample dataset with a
 short demo schedule. SIGTERM or Ctrl-C stops it after the current iteration with a resumable checkpoint.
 """
@@ -16,14 +16,17 @@ import time
 import numpy as np
 import oneflow as flow
 
-from cv.detection import checkpoint as ckpt
-from cv.detection import cli
-from cv.detection import distributed as dist
-from cv.detection import datasets, fileio, graph_mode, hub
-from cv.detection.coco import make_loader
-from cv.detection.engine import (DynamicLossScaler, MetricsFile, evaluate, learning_rate, read_metrics,
+from cv.detection.engine import checkpoint as ckpt
+from cv.detection.utils import cli
+from cv.detection.engine import distributed as dist
+from cv.detection.data import layouts as datasets
+from cv.detection.utils import fileio
+from cv.detection.engine import graph_mode
+from cv.detection.utils import hub
+from cv.detection.data.base import make_loader
+from cv.detection.engine.trainer import (DynamicLossScaler, MetricsFile, evaluate, learning_rate, read_metrics,
                                  train_one_epoch)
-from cv.detection.plot import plot_metrics
+from cv.detection.utils.plot import plot_metrics
 from cv.detection.ssd300_vgg16 import COCO_DIR, OUTPUT_DIR, REPO, SAMPLE_DATA
 from cv.detection.ssd300_vgg16.model import load_source, max_weights_bytes, ssd300_vgg16, train_transform, weights_url
 
@@ -149,7 +152,7 @@ def on_each_node(prepare):
 
 def prepare_sample_dataset(path):
     if not os.path.isfile(os.path.join(path, "annotations", "instances_val2017.json")):
-        from cv.detection.sample_dataset import make_sample_dataset
+        from cv.detection.data.sample import make_sample_dataset
 
         start = time.perf_counter()
         make_sample_dataset(path)
@@ -173,7 +176,7 @@ def build_data(args, layout):
     val_set = datasets.open_split(layout, args.val_split, False, max_images=args.val_subset, **options)
     if val_set.label_to_category_id != train_set.label_to_category_id:
         raise ValueError(f"{val_set.annotation_file} and {train_set.annotation_file} have different categories")
-    both = {im[0] for im in train_set.images} & {im[0] for im in val_set.images}
+    both = {r.image_id for r in train_set.images} & {r.image_id for r in val_set.images}
     if both:
         dist.print0(f"warning: {len(both)} of the {len(val_set)} evaluation images are also training images "
                     f"({args.train_split} and {args.val_split} overlap): the evaluation is optimistic")

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import oneflow as flow
 
-from cv.detection.coco import CocoDetection
+from cv.detection.data.coco import CocoDetection
 
 
 def _targets(boxes, labels):
@@ -46,12 +46,12 @@ class PhotometricFlip:
     same objects at the same scale, in other colours and mirrored. As a ``transform`` of :class:`CocoDetection`."""
 
     def __init__(self):
-        from cv.detection.transforms import Compose, HorizontalFlip, PhotometricDistort
+        from cv.detection.data.transforms import Compose, HorizontalFlip, PhotometricDistort
 
         self.chain = Compose([PhotometricDistort(), HorizontalFlip()])
 
     def __call__(self, image, boxes, labels, rng):
-        from cv.detection.transforms import to_chw_float
+        from cv.detection.data.transforms import to_chw_float
 
         image, boxes, labels = self.chain(image, boxes, labels, rng)
         return to_chw_float(image), boxes, labels

@@ -13,7 +13,7 @@ Reading and writing use PyAV (FFmpeg, bundled in its wheel):
 - :class:`VideoWriter` writes H.264 MP4 (libx264) of the input's size, keeping each frame's timestamp, so the
   frame rate and timing (variable rates included) are the input's.
 - :func:`process_video` runs the detector on batches of frames and writes both outputs to temporary names that are
-  renamed into place at the end (:func:`cv.detection.fileio.atomic_path`): killed, or out of disk space, nothing
+  renamed into place at the end (:func:`cv.detection.utils.fileio.atomic_path`): killed, or out of disk space, nothing
   half-written appears. An input that ends early (damaged or truncated, a stop requested with Ctrl-C or SIGTERM,
   a camera unplugged) still gives complete outputs holding every frame processed.
 
@@ -34,7 +34,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image
 
-from cv.detection import fileio
+from cv.detection.utils import fileio
 
 # libx264 at CRF 20 keeps drawn boxes and label text sharp. "veryfast" rather than x264's default "medium": about a
 # third of the encoding time per frame, which would otherwise cost a noticeable share of the frame rate on a CPU
@@ -379,7 +379,7 @@ def process_video(source, detect, to_records, draw, video_path, jsonl_path, batc
         to_records: one output -> list of JSON-able detections (dicts).
         draw: ``(PIL RGB image, detections)`` -> the annotated PIL image.
         fields: extra keys for every JSON line (e.g. the score threshold).
-        stop: a callable, true when a stop was requested (:class:`cv.detection.cli.StopRequest`); checked between batches, its
+        stop: a callable, true when a stop was requested (:class:`cv.detection.utils.cli.StopRequest`); checked between batches, its
             ``name`` attribute (if any) is given as the reason.
         progress: a progress bar on stderr (frames done, frames per second, time left when the length is known).
 

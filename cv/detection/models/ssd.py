@@ -9,8 +9,8 @@ import oneflow as flow
 import oneflow.nn.functional as F
 from oneflow import nn
 
-from cv.detection import box_ops
-from cv.detection.layers import Conv2d
+from cv.detection.models import box_ops
+from cv.detection.models.layers import Conv2d
 
 
 # Detections narrower or lower than this many pixels (of the network input) are dropped (see
@@ -90,7 +90,7 @@ class SSD(nn.Module):
     Args:
         backbone: module returning the list (or dict) of feature maps; ``backbone.out_channels`` lists their
             channels.
-        anchor_generator: a :class:`~cv.detection.anchors.DefaultBoxGenerator`.
+        anchor_generator: a :class:`~cv.detection.models.anchors.DefaultBoxGenerator`.
         size: ``(height, width)`` the images are resized to.
         num_classes: including the background class 0.
         score_thresh, topk_candidates, nms_thresh, detections_per_img: post-processing; per class, keep the
@@ -237,7 +237,7 @@ class SSD(nn.Module):
 
         Static shapes throughout: every default box is encoded and scored, and masks select the positives and
         mined negatives (no boolean indexing, no host synchronisation), so the same code serves eager training and
-        the ``nn.Graph`` training step of :mod:`cv.detection.graph_mode`, which groups the sums per process to
+        the ``nn.Graph`` training step of :mod:`cv.detection.engine.graph_mode`, which groups the sums per process to
         reproduce DistributedDataParallel's per-process normalisation.
         """
         bbox_regression, cls_logits = head_outputs["bbox_regression"], head_outputs["cls_logits"]
@@ -276,11 +276,11 @@ class SSD(nn.Module):
         ``MIN_BOX_SIZE`` pixels of width or height are dropped before NMS: they overlap nothing, so they can only
         cost precision, and users would see them as empty detections on the image border.
 
-        On CPU the same steps run in NumPy (:mod:`cv.detection.postprocess_cpu`: bit-identical, several times
+        On CPU the same steps run in NumPy (:mod:`cv.detection.models.postprocess_cpu`: bit-identical, several times
         faster) unless ``CPU_POSTPROCESS_IN_NUMPY`` is False.
         """
         if CPU_POSTPROCESS_IN_NUMPY and head_outputs["cls_logits"].device.type == "cpu":
-            from cv.detection import postprocess_cpu
+            from cv.detection.models import postprocess_cpu
 
             return postprocess_cpu.postprocess_detections(self, head_outputs, anchors, image_sizes, MIN_BOX_SIZE)
         scores = F.softmax(head_outputs["cls_logits"], dim=-1)[..., 1:]  # [B, A, C-1], background dropped

@@ -20,7 +20,7 @@ import numpy as np
 import oneflow as flow
 from oneflow import nn
 
-from cv.detection import fileio
+from cv.detection.utils import fileio
 
 # oneflow-onnx 0.6.2 writes ReduceSum's axes as an attribute, which opset 13 moved to an input: ONNX Runtime then
 # sums over every axis (measured: the L2-normalised conv4_3 map off by 100%). Opset 12 still takes the attribute.
@@ -144,7 +144,7 @@ class OnnxRuntimeSSD:
         return {"cls_logits": flow.tensor(np.concatenate(cls)[:n]), "bbox_regression": flow.tensor(np.concatenate(reg)[:n])}
 
     def eval(self):
-        """Inference only (for code written for modules, like :func:`cv.detection.engine.evaluate`)."""
+        """Inference only (for code written for modules, like :func:`cv.detection.engine.trainer.evaluate`)."""
         return self
 
     @flow.no_grad()

@@ -96,7 +96,7 @@ def ssd_match(iou, valid, threshold):
         threshold, so that no object goes without a positive.
 
     Static shapes and no host synchronisation (masks instead of boolean indexing and index_put), so the same code
-    runs eagerly and inside an ``nn.Graph`` (:mod:`cv.detection.graph_mode`), with global tensors too.
+    runs eagerly and inside an ``nn.Graph`` (:mod:`cv.detection.engine.graph_mode`), with global tensors too.
     """
     _, num_gt, num_anchors = iou.shape
     iou = iou.masked_fill(~valid[:, :, None], -1.0)

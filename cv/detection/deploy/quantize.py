@@ -1,6 +1,6 @@
 """Static int8 quantization of SSD300-VGG16's exported network, for ONNX Runtime on CPU.
 
-The float32 network that :mod:`cv.detection.onnx_backend` exports is quantized with ONNX Runtime's own tools
+The float32 network that :mod:`cv.detection.deploy.onnx_backend` exports is quantized with ONNX Runtime's own tools
 (``onnxruntime.quantization.quantize_static``): QDQ format (QuantizeLinear/DequantizeLinear pairs around float
 operators, which ONNX Runtime fuses into int8 kernels when it loads the model), int8 weights with one scale per
 output channel, uint8 activations with ranges calibrated on images of the training data (the unsigned-activation,
@@ -46,7 +46,7 @@ import time
 import numpy as np
 import oneflow as flow
 
-from cv.detection import fileio
+from cv.detection.utils import fileio
 
 # Everything that decides the quantized network besides the weights and the calibration images: part of the
 # cache key, so changing any of it re-quantizes.
@@ -66,7 +66,7 @@ def _require_quantization_tools():
     except (ImportError, AttributeError) as e:
         import onnx
 
-        from cv.detection.cli import UserError
+        from cv.detection.utils.cli import UserError
 
         raise UserError(f"int8 quantization needs onnx >= 1.14 (ONNX Runtime's quantization tools use its float8 "
                           f"types); this environment has onnx {onnx.__version__} ({e}). "
@@ -164,8 +164,8 @@ def _calibration_reader(model, paths, input_name, batch_size):
     time, as ONNX Runtime's CalibrationDataReader; an unreadable image is an error naming it."""
     from onnxruntime.quantization import CalibrationDataReader
 
-    from cv.detection.coco import load_rgb
-    from cv.detection.transforms import to_chw_float
+    from cv.detection.data.base import load_rgb
+    from cv.detection.data.transforms import to_chw_float
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -225,7 +225,7 @@ def quantize(model, float_path, path, calibration_paths):
 def cached_quantized_export(model, cache_dir, calibration_paths, batch_size=1, log=print):
     """The int8 network of ``model`` for ``batch_size`` calibrated on ``calibration_paths``, in ``cache_dir``:
     exported (float32, see :func:`onnx_backend.cached_export`) and quantized first if not there yet."""
-    from cv.detection.onnx_backend import cached_export, weights_fingerprint
+    from cv.detection.deploy.onnx_backend import cached_export, weights_fingerprint
 
     _require_quantization_tools()  # before announcing anything
     key = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode() + files_fingerprint(calibration_paths).encode())
@@ -245,7 +245,7 @@ def match_rate(reference, candidate, score_threshold=0.3, iou_threshold=0.9):
     """``(matched, total)``: of ``reference``'s detections scoring at least ``score_threshold`` (per image, dicts of
     ``boxes``, ``scores``, ``labels``: tensors or arrays), how many ``candidate`` has too, with the same label and an
     IoU of at least ``iou_threshold`` (any score)."""
-    from cv.detection.coco_eval import _as_numpy
+    from cv.detection.evaluation.coco import _as_numpy
 
     matched = total = 0
     for ref, cand in zip(reference, candidate, strict=True):

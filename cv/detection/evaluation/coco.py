@@ -18,7 +18,7 @@ the single-process evaluation also work on plain numpy arrays.
 """
 import numpy as np
 
-from cv.detection import fileio
+from cv.detection.utils import fileio
 
 # Names of ``COCOeval.stats``, in pycocotools' order (IoU=.50:.95 unless named; s/m/l are the area ranges;
 # AR1/AR10/AR100 are the recall with at most 1/10/100 detections per image).

@@ -1,6 +1,6 @@
 """Training and evaluation loops shared by the detectors: one epoch of training, one pass of evaluation.
 
-Distributed runs (:mod:`cv.detection.launch`) are handled here and in :mod:`cv.detection.distributed`: every rank
+Distributed runs (:mod:`cv.detection.engine.launch`) are handled here and in :mod:`cv.detection.engine.distributed`: every rank
 trains on its own shard, losses are averaged across ranks for logging only, and only rank 0 prints and writes.
 """
 import json
@@ -9,8 +9,8 @@ import time
 
 import oneflow as flow
 
-from cv.detection import distributed as dist
-from cv.detection.coco import set_epoch, to_tensors
+from cv.detection.engine import distributed as dist
+from cv.detection.data.base import set_epoch, to_tensors
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,9 +86,9 @@ def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, pr
         metrics: a :class:`MetricsFile` (rank 0) or None; logged iterations are written to it.
         amp_scaler: a :class:`DynamicLossScaler` to train under ``flow.autocast`` (CUDA only), or None.
         total_epochs: for the ETA.
-        stop: a :class:`cv.detection.cli.StopRequest`; when any rank has one requested, every rank stops after the
+        stop: a :class:`cv.detection.utils.cli.StopRequest`; when any rank has one requested, every rank stops after the
             same iteration.
-        graph_step: a :class:`cv.detection.graph_mode.GraphTrainer` to train in graph mode (``--graph``): it runs
+        graph_step: a :class:`cv.detection.engine.graph_mode.GraphTrainer` to train in graph mode (``--graph``): it runs
             each step (forward, backward, SGD update) as one ``nn.Graph``, with its own copy of ``schedule``.
 
     Returns the number of this epoch's iterations done (``len`` of the epoch unless stopped). Raises
@@ -176,8 +176,8 @@ def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, pr
 @flow.no_grad()
 def evaluate(model, loader, evaluator, device, output_json=None):
     """Run ``model`` over ``loader`` (each rank its shard), gather the detections on rank 0 and return the
-    evaluator's summary there (None on other ranks): COCO's 12 numbers (:class:`cv.detection.coco_eval.CocoEvaluator`)
-    or VOC's APs (:class:`cv.detection.voc_eval.VocEvaluator`). Detections go to ``output_json``."""
+    evaluator's summary there (None on other ranks): COCO's 12 numbers (:class:`cv.detection.evaluation.coco.CocoEvaluator`)
+    or VOC's APs (:class:`cv.detection.evaluation.voc.VocEvaluator`). Detections go to ``output_json``."""
     model.eval()
     start, count = time.perf_counter(), 0
     for images, targets in loader:

@@ -1,4 +1,4 @@
-"""Small helpers for runs under :mod:`cv.detection.launch` (OneFlow reads the rank and world size from the
+"""Small helpers for runs under :mod:`cv.detection.engine.launch` (OneFlow reads the rank and world size from the
 environment the launcher sets; a plain ``python`` run is rank 0 of 1)."""
 import os
 

@@ -1,6 +1,6 @@
 """Start one training process per GPU of this node (one on a CPU-only machine) and see them through to the end.
 
-    python -m cv.detection.launch MODULE [ARGS ...]          (train.sh does this)
+    python -m cv.detection.engine.launch MODULE [ARGS ...]          (train.sh does this)
 
 Configured like OneFlow's and PyTorch's launchers, from the environment: ``NPROC_PER_NODE`` (default: the GPUs
 ``nvidia-smi`` lists, restricted to ``CUDA_VISIBLE_DEVICES`` when that is set; 1 without a GPU), ``NNODES``
@@ -17,7 +17,7 @@ within a second, so a preempted run loses the epoch in progress. Here:
   launcher itself dies, its processes get SIGTERM (``PR_SET_PDEATHSIG``) and stop the same way.
 * When a process fails, the others (and their loader workers) are killed two seconds later: they would wait
   forever for it in the next collective. The exit status is the failed process's, and with several processes the
-  last line is its one-line error (:mod:`cv.detection.cli` writes it to ``$CV_ERROR_FILE``), naming the rank; of
+  last line is its one-line error (:mod:`cv.detection.utils.cli` writes it to ``$CV_ERROR_FILE``), naming the rank; of
   processes failing within those two seconds (a bad flag fails them all), the lowest rank is reported.
 * On node 0, a ``MASTER_PORT`` already in use is reported before anything starts.
 """
@@ -118,7 +118,7 @@ def _status(returncode):
 
 def main(argv):
     if not argv or argv[0].startswith("-"):
-        raise SystemExit("usage: python -m cv.detection.launch MODULE [ARGS ...] (see the module docstring)")
+        raise SystemExit("usage: python -m cv.detection.engine.launch MODULE [ARGS ...] (see the module docstring)")
     nproc = _env_int("NPROC_PER_NODE", visible_gpus() or 1, 1)
     nnodes = _env_int("NNODES", 1, 1)
     node_rank = _env_int("NODE_RANK", 0, 0)

@@ -39,7 +39,7 @@ from collections import OrderedDict
 import numpy as np
 import oneflow as flow
 
-from cv.detection import fileio
+from cv.detection.utils import fileio
 
 INDEX = "checkpoints.json"
 PREFIX = "checkpoint_epoch"

@@ -27,7 +27,7 @@ category ids to contiguous labels is exercised. Their names are not COCO's, so r
 label space and the parts of real COCO annotation files that the plain sample lacks. The pictures are the same
 kind of shape scenes, but each shape stands for one of COCO's categories, with COCO's id, name and supercategory
 (:data:`COCO_SHAPE_CATEGORIES`: 11 fire hydrant, 13 stop sign, 27 backpack, 67 dining table, 84 book, 90
-toothbrush; ids beside COCO's unused ones), so that :func:`cv.detection.coco.label_mapping` picks COCO mode. It
+toothbrush; ids beside COCO's unused ones), so that :func:`cv.detection.data.coco.label_mapping` picks COCO mode. It
 also holds, as COCO does:
 
 - crowd regions: a cluster of many small overlapping shapes of one category annotated as *one* ``iscrowd: 1``
@@ -50,11 +50,11 @@ Everything is a function of ``seed`` alone: image ``i`` of split ``s`` draws fro
 ``np.random.default_rng([seed, s, i])`` (``[seed, s, i, 1]`` in the COCO-faithful variant), images are written
 with fixed settings and the JSON holds no timestamps, so the same seed gives byte-identical files (with the same
 Pillow, libjpeg and pycocotools) and any image can be regenerated alone. Every file is written under a temporary
-name and renamed into place (:func:`cv.detection.fileio.atomic_path`).
+name and renamed into place (:func:`cv.detection.utils.fileio.atomic_path`).
 
 **The Pascal VOC variant** (:func:`make_voc_sample_dataset`) writes the plain sample's pictures in VOC's layout
 (``VOCdevkit/VOC2007``), the shapes named by six of VOC's classes, small objects marked difficult, with
-train/val/trainval/test image sets: what the VOC path (:mod:`cv.detection.voc`) runs on without VOC.
+train/val/trainval/test image sets: what the VOC path (:mod:`cv.detection.data.voc`) runs on without VOC.
 
 Only NumPy and Pillow are imported here (no OneFlow), so the generator is quick to start; the COCO-faithful variant
 also imports ``pycocotools.mask`` when it runs.
@@ -67,7 +67,7 @@ import re
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from cv.detection.fileio import atomic_path, remove_dead_temporaries, write_bytes
+from cv.detection.utils.fileio import atomic_path, remove_dead_temporaries, write_bytes
 
 # ---------------------------------------------------------------------------------------------------------------
 # All knobs, in one place.
@@ -125,7 +125,7 @@ BLUR_RADIUS = (0.4, 1.1)
 JPEG_SETTINGS = dict(format="JPEG", quality=90, subsampling=2, optimize=False, progressive=False)
 FIXED_DATE = "2024-01-01 00:00:00"  # no real timestamps: they would break byte-identical regeneration
 INFO = {
-    "description": "Synthetic shapes sample dataset (cv.detection.sample_dataset)",
+    "description": "Synthetic shapes sample dataset (scripts/make_sample_dataset.py)",
     "version": "1.0",
     "year": 2024,
     "contributor": "OneFlow model zoo",
@@ -198,7 +198,7 @@ CROWD_ID_OFFSET = 900_000_000_000  # crowd annotation ids are numbered apart, as
 
 PNG_SETTINGS = dict(format="PNG", compress_level=6, optimize=False)
 COCO_INFO = {
-    "description": "Synthetic shapes sample dataset, COCO-faithful variant (cv.detection.sample_dataset)",
+    "description": "Synthetic shapes sample dataset, COCO-faithful variant (scripts/make_sample_dataset.py --coco-categories)",
     "url": "",
     "version": "1.0",
     "year": 2024,
@@ -772,7 +772,7 @@ def make_sample_dataset(output, seed=0, num_train=DEFAULT_NUM_TRAIN, num_val=DEF
 
     Existing files of the layout are replaced (and surplus ``NNNNNNNNNNNN.jpg``/``.png`` images of an earlier run
     removed); other files in ``output`` are left alone. Every file is written under a temporary name and renamed
-    into place (:func:`cv.detection.fileio.atomic_path`); each annotation file is written last, so it is either
+    into place (:func:`cv.detection.utils.fileio.atomic_path`); each annotation file is written last, so it is either
     absent or complete and consistent with the images.
 
     Returns a summary: ``{"output", "seed", "categories": [{"id", "name"}], "splits": {split: {"images",

@@ -1,6 +1,6 @@
 """SSD post-processing on the CPU in NumPy: :meth:`SSD.postprocess_detections` for CPU tensors.
 
-The same steps as the OneFlow code in :mod:`cv.detection.ssd`, in the same float32 arithmetic and order (the two
+The same steps as the OneFlow code in :mod:`cv.detection.models.ssd`, in the same float32 arithmetic and order (the two
 transcendental functions, softmax's and the box sizes' exp, by OneFlow itself), giving the same detections, bit for
 bit (tested against the OneFlow path and a per-class reference): softmax, box decoding, clipping, per class the ``topk_candidates`` best boxes (ties to
 the lower default-box index, as OneFlow's ``topk``) of which those above ``score_thresh`` and not empty are kept,
@@ -15,7 +15,7 @@ import numpy as np
 import oneflow as flow
 import oneflow.nn.functional as F
 
-from cv.detection import box_ops
+from cv.detection.models import box_ops
 
 
 def size_factors(codes, weights, clip):

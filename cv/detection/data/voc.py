@@ -25,16 +25,16 @@ devkit's. Annotation tools often write 0-based coordinates (0..W): a box that le
 :data:`BORDER_TOLERANCE` pixel is clipped to it (counted in ``stats["boxes_clipped"]``); further out is an error.
 
 **"difficult" objects** (VOC marks objects that are hard to recognise) are not training targets unless
-``keep_difficult``; evaluation ignores them, as the devkit does (:mod:`cv.detection.voc_eval`), so the ground truth
+``keep_difficult``; evaluation ignores them, as the devkit does (:mod:`cv.detection.evaluation.voc`), so the ground truth
 keeps them, flagged.
 
-**Bad data**, as for COCO (:mod:`cv.detection.coco`): an annotation file that is missing or not valid XML, that
+**Bad data**, as for COCO (:mod:`cv.detection.data.coco`): an annotation file that is missing or not valid XML, that
 lacks a field, names a class outside the 20, or holds a box outside the image is an error naming the file for
 evaluation data (skipping it would change the metric), and for training data a counted skip of that image,
 reported once in a warning with the first reasons. A missing, corrupt or mis-sized image is the same rule, applied
-when it is read (:class:`cv.detection.coco.DetectionDataset`).
+when it is read (:class:`cv.detection.data.base.DetectionDataset`).
 
-Like :mod:`cv.detection.coco`, this module does not import oneflow (it runs in DataLoader workers).
+Like :mod:`cv.detection.data.coco`, this module does not import oneflow (it runs in DataLoader workers).
 """
 import hashlib
 import os
@@ -44,7 +44,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from cv.detection.coco import DetectionDataset
+from cv.detection.data.base import DetectionDataset, ImageRecord
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -264,7 +264,7 @@ def parse_annotation(path, classes=VOC_CLASSES):
 
 
 class VOCDetection(DetectionDataset):
-    """A Pascal VOC split as (image, target) samples; the interface of :class:`cv.detection.coco.CocoDetection`.
+    """A Pascal VOC split as (image, target) samples; the interface of :class:`cv.detection.data.coco.CocoDetection`.
 
     Args:
         root: a VOC layout (see the module docstring).
@@ -277,7 +277,7 @@ class VOCDetection(DetectionDataset):
         seed, max_images: as for CocoDetection (the first N usable images in split order).
         keep_difficult: train on difficult objects too (they are never targets of evaluation).
         metric: the AP of :meth:`evaluator`: ``"2007"`` (11-point) or ``"2010"`` (area); see
-            :mod:`cv.detection.voc_eval`.
+            :mod:`cv.detection.evaluation.voc`.
         classes: the class names in label order (default VOC's 20): your own data in VOC's layout may name
             others.
 
@@ -287,7 +287,7 @@ class VOCDetection(DetectionDataset):
 
     def __init__(self, root, split=None, transform=None, train=None, seed=0, max_images=None, keep_difficult=False,
                  metric="2007", classes=VOC_CLASSES):
-        from cv.detection.voc_eval import METRICS  # checked here, where the dataset is made, not at evaluation
+        from cv.detection.evaluation.voc import METRICS  # checked here, where the dataset is made, not at evaluation
 
         if metric not in METRICS:
             raise ValueError(f"VOC metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -302,20 +302,17 @@ class VOCDetection(DetectionDataset):
                 split = default_train_split(self.years, split)
         self.pairs = parse_split(split, self.years)
         self.split = format_split(self.pairs)
-        self.train = all(name in ("train", "trainval") for _, name in self.pairs) if train is None else train
-        self.annotation_file = f"{self.root} ({self.split})"
+        train = all(name in ("train", "trainval") for _, name in self.pairs) if train is None else train
+        source = f"{self.root} ({self.split})"
         folders = {self.years[y] for y, _ in self.pairs}
-        self.image_dir = os.path.join(*folders, "JPEGImages") if len(folders) == 1 else self.root
-        self.transform, self.seed, self.epoch, self.metric = transform, seed, 0, metric
+        image_dir = os.path.join(*folders, "JPEGImages") if len(folders) == 1 else self.root
+        self.metric = metric
         self.keep_difficult = keep_difficult
-        self.label_names = ["__background__", *classes]
-        self.num_classes = len(self.label_names)
-        self.label_to_category_id = {label: label for label in range(1, self.num_classes)}
         self.stats = {"difficult_ignored": 0, "boxes_clipped": 0, "repeated_images_ignored": 0,
                       "images_without_boxes": 0, "images_skipped_for_training": 0,
                       "bad_annotation_files_skipped": 0}
         reasons = []
-        self.images, self.names, self._ground_truth, seen = [], {}, {}, set()
+        records, self.names, self._ground_truth, seen = [], {}, {}, set()
         for year, set_name in self.pairs:
             folder = self.years[year]
             for name in read_image_set(folder, set_name):
@@ -326,7 +323,7 @@ class VOCDetection(DetectionDataset):
                 try:
                     ann = parse_annotation(os.path.join(folder, "Annotations", f"{name}.xml"), classes)
                 except (OSError, ValueError) as e:
-                    if not self.train:
+                    if not train:
                         raise
                     self.stats["bad_annotation_files_skipped"] += 1
                     if len(reasons) < REASONS_SHOWN:
@@ -334,32 +331,30 @@ class VOCDetection(DetectionDataset):
                     continue
                 self.stats["boxes_clipped"] += ann["clipped"]
                 keep = np.ones(len(ann["labels"]), dtype=bool) if keep_difficult else ~ann["difficult"]
-                if self.train:  # evaluation keeps difficult objects in its ground truth, flagged
+                if train:  # evaluation keeps difficult objects in its ground truth, flagged
                     self.stats["difficult_ignored"] += int((~keep).sum())
-                if not (keep.any() if self.train else len(keep)):
+                if not (keep.any() if train else len(keep)):
                     self.stats["images_without_boxes"] += 1
-                    if self.train:
+                    if train:
                         self.stats["images_skipped_for_training"] += 1
                         continue
                 ident = image_id(year, name)
                 if ident in self.names:  # two distinct hashed names colliding: astronomically unlikely
                     raise ValueError(f"{year}/{name} and {self.names[ident]} have the same image id {ident}")
                 self.names[ident] = f"{year}/{name}"
-                self.images.append((ident, self._image_path(folder, name, ann["filename"]), ann["height"],
-                                    ann["width"], ann["boxes"][keep], ann["labels"][keep]))
+                records.append(ImageRecord(ident, self._image_path(folder, name, ann["filename"]), ann["height"],
+                                           ann["width"], ann["boxes"][keep], ann["labels"][keep]))
                 self._ground_truth[ident] = {k: ann[k] for k in ("boxes", "labels", "difficult")}
-                if max_images is not None and len(self.images) == max_images:
+                if max_images is not None and len(records) == max_images:
                     break
-            if max_images is not None and len(self.images) == max_images:
+            if max_images is not None and len(records) == max_images:
                 break
         counts = {k: v for k, v in self.stats.items() if v}
         if counts:
-            warnings.warn(f"{self.annotation_file}: " + ", ".join(f"{k.replace('_', ' ')}: {v}"
-                                                                for k, v in counts.items())
+            warnings.warn(f"{source}: " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items())
                           + "".join(f"; {r}" for r in reasons))
-        if not self.images:
-            raise ValueError(f"{self.annotation_file}: no usable images in this split")
-        self._unreadable = 0
+        super().__init__(records, ["__background__", *classes], {label: label for label in range(1, len(classes) + 1)},
+                         source, image_dir, transform=transform, train=train, seed=seed)
 
     @staticmethod
     def _image_path(folder, name, filename):
@@ -375,7 +370,7 @@ class VOCDetection(DetectionDataset):
         return dict(self._ground_truth)
 
     def evaluator(self):
-        """A :class:`cv.detection.voc_eval.VocEvaluator` of this split (metric ``self.metric``; primary ``mAP``)."""
-        from cv.detection.voc_eval import VocEvaluator
+        """A :class:`cv.detection.evaluation.voc.VocEvaluator` of this split (metric ``self.metric``; primary ``mAP``)."""
+        from cv.detection.evaluation.voc import VocEvaluator
 
         return VocEvaluator(self.ground_truth(), self.label_names, metric=self.metric, image_names=self.names)

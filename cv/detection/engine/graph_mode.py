@@ -32,7 +32,7 @@ import oneflow as flow
 from oneflow import nn
 from oneflow.nn.optimizer.lr_scheduler import LRScheduler
 
-from cv.detection import distributed as dist
+from cv.detection.engine import distributed as dist
 
 # Ground-truth boxes per image that a graph step takes when not told (its targets are padded to exactly this
 # many): more than the busiest images of COCO 2017 (about 90 boxes once crowd regions are dropped) and Pascal VOC
@@ -54,11 +54,11 @@ GOOD_STEPS = "System-Train-DynamicLossScale-{graph}-GoodStepCounter"
 def box_capacity(dataset):
     """Boxes per image a graph step needs for ``dataset``: the most any of its images has (at least 1). Exact for the
     SSD training augmentation, which only ever drops boxes (crop) or keeps them (zoom-out, flip)."""
-    return max([1] + [len(image[4]) for image in dataset.images])  # DetectionDataset.images: (..., boxes, labels)
+    return dataset.max_boxes()
 
 
 class EngineScheduleLR(LRScheduler):
-    """:func:`cv.detection.engine.learning_rate` as a scheduler that ``nn.Graph`` evaluates itself.
+    """:func:`cv.detection.engine.trainer.learning_rate` as a scheduler that ``nn.Graph`` evaluates itself.
 
     The eager schedule is ``base_lr * gamma ** (lr steps reached) * warm-up factor``, a product that OneFlow 0.9's
     graph schedulers cannot express directly (LambdaLR and ChainedScheduler have no graph form, and WarmupLR over
@@ -183,17 +183,17 @@ class GraphTrainer:
         model: the eager model, already on ``device`` and with its resumed weights.
         optimizer: the eager SGD over ``model``'s trainable parameters, with its resumed state (momentum); its
             hyperparameters are the graph's.
-        base_lr, warmup_iters, lr_steps: :func:`cv.detection.engine.learning_rate`'s arguments.
+        base_lr, warmup_iters, lr_steps: :func:`cv.detection.engine.trainer.learning_rate`'s arguments.
         state: the run's counters (``iteration``, ``epoch``, ``part``) at the start.
         iters_per_epoch: ``len`` of the training loader.
-        amp_scaler: a :class:`cv.detection.engine.DynamicLossScaler` for ``--amp``, its state resumed: the graph
+        amp_scaler: a :class:`cv.detection.engine.trainer.DynamicLossScaler` for ``--amp``, its state resumed: the graph
             then trains with OneFlow's AMP and dynamic loss scaling from that state. ``--amp`` is CUDA only (the
             training program refuses it on CPU); on CPU, OneFlow 0.9's AMP pass leaves the network in float32 and
             only the loss scaling acts, which is how the tests check it without a GPU.
         max_boxes: ground-truth boxes per image in a step: :func:`box_capacity` of the training set (what the
             training program passes), else :data:`MAX_BOXES`.
 
-    Call it as ``trainer(images, targets, iteration)`` (lists as :func:`cv.detection.coco.to_tensors` makes them):
+    Call it as ``trainer(images, targets, iteration)`` (lists as :func:`cv.detection.data.base.to_tensors` makes them):
     one step; returns this process's losses, as eager training computes them. :meth:`export` copies the weights,
     momentum and loss scale back into ``model``, ``optimizer`` and ``amp_scaler``.
     """

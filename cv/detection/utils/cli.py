@@ -7,7 +7,7 @@ with a message that names the file, image id or flag; :func:`run` prints that me
 wrapped in the worker's traceback; only its final line, the original message, is shown. Any other exception is a
 bug: its traceback is printed, then the one-line summary. ``CV_TRACEBACK=1`` prints tracebacks for every error.
 
-Under :mod:`cv.detection.launch`, each process also writes its error line to ``$CV_ERROR_FILE`` so that the
+Under :mod:`cv.detection.engine.launch`, each process also writes its error line to ``$CV_ERROR_FILE`` so that the
 launcher can repeat the first failure as the last line of the whole run.
 """
 import argparse

@@ -17,7 +17,7 @@ Marking, as the devkit's ``VOCevaldet.m``:
 
 - a detection is compared with the ground truth of its class in its image, difficult objects included, and
   belongs to the box it overlaps most (IoU of continuous boxes: area ``(x2 - x1) * (y2 - y1)``; for ground truth
-  from :mod:`cv.detection.voc` this is the devkit's ``+1`` arithmetic on its integer coordinates); the first such
+  from :mod:`cv.detection.data.voc` this is the devkit's ``+1`` arithmetic on its integer coordinates); the first such
   box on a tie;
 - IoU >= 0.5 with a difficult box: ignored, neither true nor false positive;
 - IoU >= 0.5 with a box no higher-ranked detection took: a true positive, and the box is taken;
@@ -32,13 +32,13 @@ that image: a stable order (``np.lexsort``) that depends neither on how images w
 batches nor on the sort algorithm. (The devkit's MATLAB sort is stable in the order of its results file;
 py-faster-rcnn's ``np.argsort`` is not stable.)
 
-:class:`VocEvaluator` has :class:`cv.detection.coco_eval.CocoEvaluator`'s interface (update, gather across
+:class:`VocEvaluator` has :class:`cv.detection.evaluation.coco.CocoEvaluator`'s interface (update, gather across
 processes, summarize on rank 0). Like coco_eval, ``oneflow`` is imported only for the distributed gather.
 """
 import numpy as np
 
-from cv.detection import fileio
-from cv.detection.coco_eval import BBOX_DECIMALS, _as_int, _as_numpy, _rank_and_world_size, gather_per_image
+from cv.detection.utils import fileio
+from cv.detection.evaluation.coco import BBOX_DECIMALS, _as_int, _as_numpy, _rank_and_world_size, gather_per_image
 
 # --voc-metric: the name of each AP definition.
 METRICS = {"2007": "VOC2007 11-point", "2010": "VOC2010+ all-points (area)"}
@@ -134,7 +134,7 @@ def _mean(values):
 class VocEvaluator:
     """Accumulate detections batch by batch (on every rank), merge them on rank 0, compute the VOC APs once.
 
-    Usage, on every rank (as :class:`cv.detection.coco_eval.CocoEvaluator`)::
+    Usage, on every rank (as :class:`cv.detection.evaluation.coco.CocoEvaluator`)::
 
         evaluator = dataset.evaluator()   # VOCDetection's, or VocEvaluator(ground_truth, label_names)
         for images, targets in loader:

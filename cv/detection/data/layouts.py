@@ -7,13 +7,13 @@
     evaluator = val_set.evaluator()                          # VocEvaluator (CocoEvaluator); .primary_metric
 
 Splits: for COCO a name ``S`` with ``S2017/`` and ``annotations/instances_S2017.json`` (``train``, ``val``); for VOC
-``[YEAR-]SET[,...]`` (:func:`cv.detection.voc.parse_split`), e.g. ``2007-trainval,2012-trainval``.
+``[YEAR-]SET[,...]`` (:func:`cv.detection.data.voc.parse_split`), e.g. ``2007-trainval,2012-trainval``.
 """
 import os
 from typing import NamedTuple
 
-from cv.detection import voc
-from cv.detection.coco import CocoDetection
+from cv.detection.data import voc
+from cv.detection.data.coco import CocoDetection
 
 
 class Layout(NamedTuple):
@@ -51,7 +51,7 @@ def detect_layout(path):
 
 def default_splits(layout, train=None, val=None):
     """``(train split, val split)``, each as given or, if None, by default: ``train``/``val`` for COCO; for VOC
-    :func:`cv.detection.voc.default_val_split` and :func:`~cv.detection.voc.default_train_split` (which avoids the
+    :func:`cv.detection.data.voc.default_val_split` and :func:`~cv.detection.data.voc.default_train_split` (which avoids the
     evaluation split's images)."""
     val = val or default_val_split(layout)
     if layout.format == "coco":
@@ -60,15 +60,15 @@ def default_splits(layout, train=None, val=None):
 
 
 def default_val_split(layout):
-    """The evaluation split by default: ``val`` for COCO, :func:`cv.detection.voc.default_val_split` for VOC."""
+    """The evaluation split by default: ``val`` for COCO, :func:`cv.detection.data.voc.default_val_split` for VOC."""
     return "val" if layout.format == "coco" else voc.default_val_split(layout.years)
 
 
 def open_split(layout, split, train, transform=None, seed=0, max_images=None, labels="auto", keep_difficult=False,
                voc_metric=None):
-    """The dataset of ``split`` (a :class:`CocoDetection` or a :class:`cv.detection.voc.VOCDetection`).
+    """The dataset of ``split`` (a :class:`CocoDetection` or a :class:`cv.detection.data.voc.VOCDetection`).
 
-    ``labels`` is COCO's label mode (:func:`cv.detection.coco.label_mapping`); ``keep_difficult`` and
+    ``labels`` is COCO's label mode (:func:`cv.detection.data.coco.label_mapping`); ``keep_difficult`` and
     ``voc_metric`` (None: ``"2007"``) are VOC's. Options of the other format must keep their defaults: ValueError
     naming the flag."""
     if layout.format == "coco":

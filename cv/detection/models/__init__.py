@@ -1,0 +1,1 @@
+"""The network: the SSD meta-architecture, default boxes, box maths, layers, CPU post-processing."""

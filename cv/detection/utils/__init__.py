@@ -1,0 +1,1 @@
+"""Small shared helpers: command-line handling, safe file writing, downloads, plots."""
