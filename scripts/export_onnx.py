@@ -13,7 +13,7 @@ import os
 
 
 from cv.detection.ssd300_vgg16.infer import load_model
-from cv.detection.ssd300_vgg16.model import weights_url
+from cv.detection.ssd300_vgg16.weights import weights_url
 from cv.detection.deploy.onnx_backend import export
 
 

@@ -131,8 +131,8 @@ def test_trainable_backbone_layers_freeze_vgg_stages(layers, trainable):
 
 
 def test_builder_rejects_what_it_cannot_do():
-    with pytest.raises(ValueError, match="91 classes, not num_classes=21"):
-        ssd300_vgg16(pretrained=True, num_classes=21)
+    with pytest.raises(ValueError, match="label_names has 3 names \\(background first\\) for num_classes=21"):
+        ssd300_vgg16(pretrained=True, num_classes=21, label_names=["__background__", "a", "b"])
     with pytest.raises(ValueError, match="fixed at 300x300"):
         ssd300_vgg16(size=(512, 512))
     with pytest.raises(ValueError, match="must be in 0..5"):

@@ -6,7 +6,8 @@ the generated sample dataset in ``data/sample_coco``, outputs in ``output/ssd300
 import os
 
 from cv.detection.models.ssd import SSD
-from cv.detection.ssd300_vgg16.model import SSD300_CONFIG, WEIGHTS, ssd300_vgg16
+from cv.detection.ssd300_vgg16.model import SSD300_CONFIG, ssd300_vgg16
+from cv.detection.ssd300_vgg16.weights import WEIGHTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 COCO_DIR = os.path.join(REPO, "data", "coco")

@@ -25,12 +25,12 @@ from cv.detection.data import layouts as datasets
 from cv.detection.utils import fileio
 from cv.detection.utils import hub
 from cv.detection.deploy import video
-from cv.detection.data.coco import COCO_LABEL_NAMES, COCO_NUM_CLASSES
+from cv.detection.data.coco import COCO_NUM_CLASSES
 from cv.detection.data.base import load_rgb, make_loader
 from cv.detection.engine.trainer import evaluate
 from cv.detection.ssd300_vgg16 import OUTPUT_DIR, SAMPLE_DATA
-from cv.detection.ssd300_vgg16.model import (MAX_WEIGHTS_MB_ENV, PRETRAINED_URL_ENV, from_state_dict,
-                                             load_source, weights_url)
+from cv.detection.ssd300_vgg16.weights import (MAX_WEIGHTS_MB_ENV, PRETRAINED_URL_ENV, from_state_dict, label_names,
+                                               load_source, weights_url)
 from cv.detection.data.transforms import to_chw_float
 
 EXIF_ORIENTATION = 0x0112
@@ -115,19 +115,6 @@ def weights_source(args):
                          "(cd cv/detection && bash ssd300_vgg16/train.sh), or pass --weights PATH_OR_URL, or "
                          "--pretrained for the published COCO weights.")
     return latest, f"the newest checkpoint of train.sh ({latest})"
-
-
-def label_names(num_classes, meta):
-    """Names by label: the training run's (a checkpoint of ours, or a published tarball's ``meta.json``), else
-    COCO's for a 91-way model, else ``class N``. COCO's ten unused ids (``N/A`` in COCO's list) are named
-    ``N/A (COCO id N)``: a detection of one is not mistaken for a class."""
-    if meta and meta.get("label_names") and len(meta["label_names"]) == num_classes:
-        names = meta["label_names"]
-    elif num_classes == COCO_NUM_CLASSES:
-        names = COCO_LABEL_NAMES
-    else:
-        names = ["__background__"] + [f"class {i}" for i in range(1, num_classes)]
-    return [f"N/A (COCO id {i})" if name == "N/A" else str(name) for i, name in enumerate(names)]
 
 
 def load_model(source, sha256=None, device="cpu"):

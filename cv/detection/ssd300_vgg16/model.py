@@ -5,7 +5,6 @@ VGG16 of Simonyan & Zisserman (https://arxiv.org/abs/1409.1556). Module and para
 (and torchvision's) ``ssd300_vgg16``, so the zoo's checkpoint loads unchanged: 71 tensors, 35,641,826
 parameters for 91 classes.
 """
-import os
 import warnings
 
 import oneflow as flow
@@ -14,21 +13,7 @@ from oneflow import nn
 from cv.detection.models.anchors import DefaultBoxGenerator
 from cv.detection.models.layers import Conv2d
 from cv.detection.models.ssd import SSD, xavier_init
-
-# Published weights, beside the model as data. The backbone weights are the Caffe VGG16 of the original SSD
-# release (as converted by amdegroot/ssd.pytorch), which expects 0-255 BGR-mean-subtracted input: hence the
-# mean and the 1/255 std below, which undo the 0-1 scaling of the input tensors.
-WEIGHTS = {
-    "coco": {
-        "url": "https://oneflow-public.oss-cn-beijing.aliyuncs.com/model_zoo/flowvision/detection/ssd/ssd300_vgg16.tar.gz",
-        "num_classes": 91,
-        "box_ap": 25.1,
-        "dataset": "COCO val2017",
-    },
-    "vgg16_backbone": {
-        "url": "https://oneflow-public.oss-cn-beijing.aliyuncs.com/model_zoo/flowvision/detection/ssd/vgg16_amdegroot.tar.gz",
-    },
-}
+from cv.detection.ssd300_vgg16.weights import load_into, load_weights, say, weights_url
 
 # The paper's SSD300 hyperparameters, all in one place (paper §2.2, §3 and Fig. 2; COCO variant of §3.4).
 SSD300_CONFIG = dict(
@@ -140,78 +125,29 @@ def freeze_vgg_stages(backbone, trainable_layers):
             p.requires_grad_(False)
 
 
-# Where the published weights are downloaded from can be changed (a mirror, or file:///path/to/the.tar.gz).
-URL_ENV = {"coco": "SSD300_VGG16_URL", "vgg16_backbone": "SSD300_VGG16_BACKBONE_URL"}
-PRETRAINED_URL_ENV = URL_ENV["coco"]
-# The largest weights download or extraction accepted: SSD300-VGG16's weights are 143 MB (float32, 91 classes), a
-# training checkpoint with SGD momentum twice that. A tarball that unpacks to more is refused as a likely
-# decompression bomb; raise the limit for other models with this variable (in MB).
-MAX_WEIGHTS_MB_ENV = "SSD300_VGG16_MAX_WEIGHTS_MB"
-MAX_WEIGHTS_MB = 600
-
-
-def max_weights_bytes():
-    text = os.environ.get(MAX_WEIGHTS_MB_ENV, "")
-    try:
-        megabytes = float(text) if text.strip() else MAX_WEIGHTS_MB
-    except ValueError:
-        raise ValueError(f"{MAX_WEIGHTS_MB_ENV}={text!r} is not a number of megabytes") from None
-    return int(megabytes * 1e6)
-
-
-def weights_url(name):
-    """The address of the published weights ``WEIGHTS[name]`` (``$SSD300_VGG16_URL`` or
-    ``$SSD300_VGG16_BACKBONE_URL`` if set)."""
-    return os.environ.get(URL_ENV[name]) or WEIGHTS[name]["url"]
-
-
-def load_weights(name, progress=True):
-    """The state dict of the published weights ``WEIGHTS[name]``, fetched once into the flowvision cache (see
-    :func:`load_source`)."""
-    return load_source(weights_url(name), progress=progress)[0]
-
-
-def load_source(source, sha256=None, progress=True):
-    """``(payload, meta)`` of a checkpoint directory, an extracted zoo directory, or a zoo tarball (a path or an
-    http(s)/file URL), read without running code from it (:func:`cv.detection.engine.checkpoint.load`). Tarballs go
-    through :mod:`cv.detection.utils.hub` (cached, checksum verified where one is known, extraction size-capped).
-
-    ``meta`` describes the training data (``label_names``, ``label_to_category_id``...): our checkpoints hold it,
-    published tarballs carry it in :data:`~cv.detection.engine.checkpoint.META_FILE`; None when unknown.
-    """
-    from cv.detection.engine import checkpoint
-    from cv.detection.utils import hub
-
-    if not hub.is_url(source) and os.path.isdir(source):
-        if sha256:
-            raise ValueError(f"--sha256 checks a tarball; {source} is a directory")
-        directory = source
-    else:
-        directory = hub.resolve_weights(source, sha256=sha256, progress=progress, max_bytes=max_weights_bytes())
-    payload = checkpoint.load(directory)
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        return payload, payload.get("meta")
-    return payload, checkpoint.read_meta(directory)
-
-
 def ssd300_vgg16(pretrained=False, progress=True, num_classes=91, pretrained_backbone=False,
-                 trainable_backbone_layers=None, **kwargs):
+                 trainable_backbone_layers=None, label_names=None, **kwargs):
     """SSD300 with a VGG16 trunk (see :class:`cv.detection.models.ssd.SSD` for the input/output contract).
 
     Args:
-        pretrained: load the zoo's COCO weights (box AP 25.1); needs ``num_classes=91``.
-        progress: show a download progress bar.
+        pretrained: start from the zoo's COCO weights (box AP 25.1). With ``num_classes=91`` they are loaded as
+            they are; with other classes they are fine-tuning's starting point: every tensor that fits is loaded,
+            the classification head is rebuilt, and the classes of ``label_names`` that COCO has ("person", "car")
+            keep COCO's scores (:func:`cv.detection.models.transfer.transfer`). What was transferred is said on
+            stderr (with ``progress``) and kept in ``model.weights_transfer``.
+        progress: show a download progress bar and the transfer report.
         num_classes: including background; 91 is COCO's category-id space (ids 1..90).
         pretrained_backbone: start from the ImageNet VGG16 weights (ignored with ``pretrained``).
         trainable_backbone_layers: how many of VGG16's 5 stages are trained, counted from the last. Defaults to
             4 with pretrained weights; without them the whole trunk is trained (5).
+        label_names: the class names by label, background first (``len == num_classes``), for ``pretrained`` with
+            other classes.
         **kwargs: passed to :class:`~cv.detection.models.ssd.SSD` (``score_thresh``, ``nms_thresh``, ...).
     """
     if "size" in kwargs:
         raise ValueError("SSD300's input size is fixed at 300x300; use another builder for other sizes")
-    if pretrained and num_classes != WEIGHTS["coco"]["num_classes"]:
-        raise ValueError(f"the pretrained COCO weights have {WEIGHTS['coco']['num_classes']} classes, "
-                         f"not num_classes={num_classes}")
+    if label_names is not None and len(label_names) != num_classes:
+        raise ValueError(f"label_names has {len(label_names)} names (background first) for num_classes={num_classes}")
     trained = pretrained or pretrained_backbone
     if trainable_backbone_layers is None:
         trainable_backbone_layers = 4 if trained else 5
@@ -228,44 +164,17 @@ def ssd300_vgg16(pretrained=False, progress=True, num_classes=91, pretrained_bac
     anchor_generator = DefaultBoxGenerator(config.pop("aspect_ratios"), scales=config.pop("scales"),
                                            steps=config.pop("steps"))
     model = SSD(SSDFeatureExtractorVGG(features), anchor_generator, num_classes=num_classes, **{**config, **kwargs})
+    model.weights_transfer = None
     if pretrained:
-        model.load_state_dict(load_weights("coco", progress))
+        model.weights_transfer = load_into(model, weights_url("coco"), label_names, progress=progress)
+        if progress and model.weights_transfer.rebuilt:
+            say(str(model.weights_transfer))
     return model
 
 
-CLASSIFICATION_KEY = "head.classification_head.module_list.0.weight"
-
-
-def from_state_dict(state, source="the state dict"):
-    """An ``ssd300_vgg16`` holding ``state``, its ``num_classes`` read from the first classification conv (which
-    predicts ``num_classes`` scores for each of the first map's default boxes per cell).
-
-    Raises ValueError naming ``source`` when ``state`` is not an SSD300-VGG16 state dict, with a summary of the
-    missing, unexpected and misshapen keys (OneFlow's own message lists every key).
-    """
-    per_cell = 2 + 2 * len(SSD300_CONFIG["aspect_ratios"][0])
-    head = state.get(CLASSIFICATION_KEY) if isinstance(state, dict) else None
-    if head is None or head.dim() != 4 or head.shape[0] % per_cell:
-        found = f"{len(state)} keys, e.g. {', '.join(list(state)[:3])}" if isinstance(state, dict) else type(state)
-        raise ValueError(f"{source} is not an SSD300-VGG16 state dict: "
-                         + (f"it has no {CLASSIFICATION_KEY}" if head is None else
-                            f"{CLASSIFICATION_KEY} has shape {tuple(head.shape)}, expected "
-                            f"(num_classes*{per_cell}, 512, 3, 3)") + f" ({found})")
-    num_classes = head.shape[0] // per_cell
-    model = ssd300_vgg16(num_classes=num_classes)
-    expected = model.state_dict()
-    problems = []
-    for label, keys in (("missing", [k for k in expected if k not in state]),
-                        ("unexpected", [k for k in state if k not in expected]),
-                        ("wrong shape", [f"{k} {tuple(state[k].shape)} instead of {tuple(v.shape)}"
-                                         for k, v in expected.items() if k in state and state[k].shape != v.shape])):
-        if keys:
-            problems.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
-    if problems:
-        raise ValueError(f"{source} is not an SSD300-VGG16 state dict ({num_classes} classes, going by "
-                         f"{CLASSIFICATION_KEY}): " + "; ".join(problems))
-    try:
-        model.load_state_dict(state, strict=True)  # the final word (dtypes, anything the above missed)
-    except Exception as e:
-        raise ValueError(f"{source} does not load into ssd300_vgg16(num_classes={num_classes}): {e}") from e
-    return model
+def freeze_trunk(model):
+    """Keep VGG16's layers (conv1_1 to fc7) fixed: fine-tuning on a small dataset then trains only the added layers,
+    the L2 scale and the heads."""
+    for module in (model.backbone.features, model.backbone.extra[0]):
+        for p in module.parameters():
+            p.requires_grad_(False)

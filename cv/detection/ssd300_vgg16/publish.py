@@ -87,7 +87,7 @@ def read_checkpoint(path):
 def check_state_dict(state, path):
     """``(num_classes, model_key_order)`` of the SSD300-VGG16 state dict ``state``, after loading it strictly into
     that model; PublishError naming ``path`` if it is not one."""
-    from cv.detection.ssd300_vgg16.model import from_state_dict
+    from cv.detection.ssd300_vgg16.weights import from_state_dict
 
     try:
         model = from_state_dict(state, path)

@@ -28,7 +28,8 @@ from cv.detection.engine.trainer import (DynamicLossScaler, MetricsFile, evaluat
                                  train_one_epoch)
 from cv.detection.utils.plot import plot_metrics
 from cv.detection.ssd300_vgg16 import COCO_DIR, OUTPUT_DIR, REPO, SAMPLE_DATA
-from cv.detection.ssd300_vgg16.model import load_source, max_weights_bytes, ssd300_vgg16, train_transform, weights_url
+from cv.detection.ssd300_vgg16.model import freeze_trunk, freeze_vgg_stages, ssd300_vgg16, train_transform
+from cv.detection.ssd300_vgg16.weights import load_into, max_weights_bytes, weights_url
 
 # The published recipe (COCO box AP 25.1 with 8 GPUs x 4 images): SGD, lr 0.002 for a global batch of 32 (scaled
 # linearly with the actual global batch), 120 epochs with x0.1 at 80 and 110, linear warm-up, full augmentation,
@@ -91,14 +92,23 @@ def get_args_parser():
                         "broadcast, batch split over processes) instead of DistributedDataParallel; same recipe, "
                         "losses, checkpoints and eager evaluation")
     o.add_argument("--pretrained-backbone", action=argparse.BooleanOptionalAction,
-                   help="start from the ImageNet VGG16 weights (default: yes for real data, no for the demo; "
-                        "$SSD300_VGG16_BACKBONE_URL overrides their address)")
+                   help="start the VGG16 trunk from the ImageNet weights (default: yes for real data trained from "
+                        "scratch; never with --weights, --pretrained or a checkpoint to resume, whose weights "
+                        "replace it; no for the demo; $SSD300_VGG16_BACKBONE_URL overrides their address)")
+    o.add_argument("--freeze-backbone", action="store_true",
+                   help="keep the VGG16 trunk (conv1_1 to fc7) fixed and train only the added layers and the heads: "
+                        "for fine-tuning on a small dataset (default: only the first stage is fixed, as in the recipe)")
     r = p.add_argument_group("run")
     r.add_argument("--output-dir", default=OUTPUT_DIR, help=f"checkpoints, metrics, plot (default {OUTPUT_DIR})")
     r.add_argument("--resume", help="continue from a checkpoint directory, or 'auto' for the newest intact one in "
                                     "--output-dir")
-    r.add_argument("--weights", help="initialise the model from a checkpoint, an extracted zoo directory, or a zoo "
-                                     "tarball (path or http(s)/file URL)")
+    r.add_argument("--weights", help="start from these weights: a checkpoint, an extracted zoo directory, or a zoo "
+                                     "tarball (path or http(s)/file URL). Trained on other classes, they are "
+                                     "fine-tuned: every tensor that fits is loaded, the classification head is "
+                                     "rebuilt, and classes named as one of theirs keep its scores")
+    r.add_argument("--pretrained", action="store_true",
+                   help="start from the zoo's COCO weights (as --weights, downloaded, cached and verified as by "
+                        "infer.sh --pretrained): fine-tuning for your classes")
     r.add_argument("--test-only", action="store_true", help="only evaluate (--weights or --resume) on the val split")
     r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     r.add_argument("--seed", type=cli.nonnegative_int, default=0,
@@ -121,14 +131,24 @@ def resolve(args):
         args.data_path = SAMPLE_DATA if demo else COCO_DIR
     elif not os.path.isdir(args.data_path):
         raise ValueError(f"--data-path {args.data_path}: no such directory")
+    from_weights = args.weights or args.pretrained
     for key, value in (DEMO if demo else RECIPE).items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, False if key == "pretrained_backbone" and from_weights else value)
     args.demo = demo
     if args.device is None:
         args.device = "cuda" if flow.cuda.is_available() else "cpu"
     if args.amp and not args.device.startswith("cuda"):
         raise ValueError(f"--amp needs a CUDA device (float16 autocast); this run is on {args.device}")
+    if args.weights and args.pretrained:
+        raise ValueError("give --weights or --pretrained, not both")
+    if args.pretrained:
+        args.weights = weights_url("coco")
+    if args.weights and args.pretrained_backbone:
+        raise ValueError(f"--pretrained-backbone with --{'pretrained' if args.pretrained else 'weights'}: those "
+                         "weights replace the ImageNet backbone; drop --pretrained-backbone")
+    if args.weights or args.test_only:
+        args.pretrained_backbone = False
     if args.test_only and not (args.weights or args.resume):
         raise ValueError("--test-only needs --weights or --resume")
     return args
@@ -190,6 +210,45 @@ def build_data(args, layout):
     return train_set, val_set, train_loader, val_loader
 
 
+def build_model(args, train_set, device):
+    """The model on ``device``, started from what the flags say, each part's origin said on the first lines.
+
+    A checkpoint to resume, ``--weights`` or ``--pretrained`` replace every tensor of the ImageNet backbone, so no
+    backbone is downloaded then. Weights trained on other classes are fine-tuned
+    (:func:`cv.detection.ssd300_vgg16.weights.load_into`); ``--test-only`` evaluates weights as they are and
+    refuses other classes. What was loaded is kept in ``args.init`` (``args.json`` and the checkpoints).
+    """
+    resuming = args.resume and (args.resume != "auto" or os.path.isdir(args.output_dir) and
+                                ckpt.latest_checkpoint(args.output_dir, say=lambda *_: None) is not None)
+    backbone = args.pretrained_backbone and not resuming
+    if backbone:
+        on_each_node(lambda: hub.resolve_weights(weights_url("vgg16_backbone"), max_bytes=max_weights_bytes()))
+    from_weights = bool(args.weights) and not resuming
+    model = ssd300_vgg16(num_classes=train_set.num_classes, pretrained_backbone=backbone)
+    if resuming:
+        said = "every tensor from the checkpoint to resume (--resume)"
+    elif from_weights:
+        report = load_into(model, args.weights, train_set.label_names)
+        if args.test_only and report.rebuilt:
+            raise ValueError(f"--weights {args.weights} does not fit this model ({train_set.num_classes} classes): "
+                             f"it was trained for other classes; --test-only evaluates weights as they are")
+        args.init = report.as_dict()
+        said = str(report)
+        freeze_vgg_stages(model.backbone.features, 4)  # pretrained trunk: the recipe's frozen first stage
+    elif backbone:
+        said = (f"VGG16 trunk from the ImageNet backbone ({weights_url('vgg16_backbone')}); extra layers and heads "
+                f"initialised (seed {args.seed})")
+    else:
+        said = f"every layer initialised (seed {args.seed}), no pretrained weights"
+    dist.print0(f"model: {said}")
+    if args.freeze_backbone:
+        freeze_trunk(model)
+        trainable = sum(p.requires_grad for p in model.parameters())
+        dist.print0(f"--freeze-backbone: VGG16 trunk fixed, {trainable} of {len(list(model.parameters()))} "
+                    "parameter tensors trained")
+    return model.to(device)
+
+
 def load_resume_point(args, model, optimizer, scaler):
     """``{"iteration", "epoch", "part"}`` to continue from (``--resume``), after loading the model, optimizer,
     loss scaler and RNG states; a fresh start's counters without it. Every rank must resume from the same point."""
@@ -241,24 +300,15 @@ def run(args, stop):
     lock = None
     if dist.is_main():
         cli.writable_dir(args.output_dir, "--output-dir")
+    # Nothing is written into the output directory before the data and the weights are known to be usable.
+    train_set, val_set, train_loader, val_loader = build_data(args, layout)
+    model = build_model(args, train_set, device)
+    if dist.is_main():
         # One run per output directory: a second one would interleave metrics and overwrite checkpoints.
         lock = fileio.DirectoryLock(args.output_dir, "training run").acquire()
         for name in fileio.remove_dead_temporaries(args.output_dir):
             print(f"removed {name}, left by a run that was killed while writing it", flush=True)
         fileio.write_json(os.path.join(args.output_dir, "args.json"), vars(args), indent=1)
-
-    train_set, val_set, train_loader, val_loader = build_data(args, layout)
-    if args.pretrained_backbone:
-        on_each_node(lambda: hub.resolve_weights(weights_url("vgg16_backbone"), max_bytes=max_weights_bytes()))
-    model = ssd300_vgg16(num_classes=train_set.num_classes, pretrained_backbone=args.pretrained_backbone)
-    if args.weights:
-        state = ckpt.model_state(load_source(args.weights)[0])
-        try:
-            model.load_state_dict(state)
-        except Exception as e:  # shape mismatches (another num_classes) or foreign keys
-            raise ValueError(f"--weights {args.weights} does not fit this model ({train_set.num_classes} "
-                             f"classes): {e}") from None
-    model.to(device)
     net = flow.nn.parallel.DistributedDataParallel(model) if dist.world_size() > 1 and not args.graph else model
     optimizer, base_lr = build_optimizer(model, args, dist.world_size())
     scaler = DynamicLossScaler() if args.amp else None
