@@ -34,6 +34,9 @@ its targets padded to the batch's most boxes (as train.sh pads them to the datas
 eager) and to 100 (what COCO needs); also each graph's one-off compilation (its first step). On CPU this shows the
 graph's overhead or gain there; the speed-up on GPUs is OneFlow's documented behaviour, not measured here.
 
+finetune: accuracy, not speed: AP of a detector trained for N steps on a relabelled sample dataset from the weights
+of a detector of other classes (cv.detection.models.transfer) against from scratch (scripts/bench_finetune.py).
+
 int8: static int8 quantization (ONNX Runtime) against float32 and torchvision on an SSD300 fitted to sample
 images: accuracy (AP, AP50, detections matched), network and end-to-end seconds per image, and where each
 millisecond of infer.sh's per-image work goes (scripts/bench_int8.py says more).
@@ -470,7 +473,7 @@ def bench_graph_step(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sections = ["train", "data", "infer", "eval", "coretype", "video", "graph", "int8"]
+    sections = ["train", "data", "infer", "eval", "coretype", "video", "graph", "int8", "finetune"]
     parser.add_argument("--sections", nargs="+", choices=sections, default=sections,
                         help="what to measure (default: all)")
     parser.add_argument("--batch-size", type=int, default=4, help="train: images per training step (default 4)")
@@ -491,6 +494,12 @@ def main():
     parser.add_argument("--torchvision-python",
                         help="int8: a Python with torch and torchvision, to time torchvision's ssd300_vgg16 beside "
                              "ours (default: this one, if it has torchvision)")
+    parser.add_argument("--finetune-images", type=int, default=16,
+                        help="finetune: sample images both detectors are fitted to and evaluated on (default 16)")
+    parser.add_argument("--finetune-source-steps", type=int, default=300,
+                        help="finetune: fitting steps of the source detector (default 300)")
+    parser.add_argument("--finetune-steps", type=int, nargs="+", default=[10, 25, 50, 100],
+                        help="finetune: head-training steps of the target after which AP is measured")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -547,6 +556,11 @@ def main():
 
         results["int8"] = bench_int8(args)
         print_int8(results["int8"])
+    if "finetune" in args.sections:
+        from bench_finetune import bench_finetune, print_finetune  # scripts/bench_finetune.py
+
+        results["finetune"] = bench_finetune(args)
+        print_finetune(results["finetune"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

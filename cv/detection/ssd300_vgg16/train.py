@@ -216,31 +216,32 @@ def build_model(args, train_set, device):
     A checkpoint to resume, ``--weights`` or ``--pretrained`` replace every tensor of the ImageNet backbone, so no
     backbone is downloaded then. Weights trained on other classes are fine-tuned
     (:func:`cv.detection.ssd300_vgg16.weights.load_into`); ``--test-only`` evaluates weights as they are and
-    refuses other classes. What was loaded is kept in ``args.init`` (``args.json`` and the checkpoints).
+    refuses other classes. What was loaded is kept in ``args.init`` (``args.json`` and the checkpoints). Which
+    parameters train depends on the flags alone, so that a resumed run's optimizer matches the checkpoint's.
     """
     resuming = args.resume and (args.resume != "auto" or os.path.isdir(args.output_dir) and
                                 ckpt.latest_checkpoint(args.output_dir, say=lambda *_: None) is not None)
-    backbone = args.pretrained_backbone and not resuming
-    if backbone:
+    download = args.pretrained_backbone and not resuming
+    if download:
         on_each_node(lambda: hub.resolve_weights(weights_url("vgg16_backbone"), max_bytes=max_weights_bytes()))
-    from_weights = bool(args.weights) and not resuming
-    model = ssd300_vgg16(num_classes=train_set.num_classes, pretrained_backbone=backbone)
+    model = ssd300_vgg16(num_classes=train_set.num_classes, pretrained_backbone=download)
     if resuming:
         said = "every tensor from the checkpoint to resume (--resume)"
-    elif from_weights:
+    elif args.weights:
         report = load_into(model, args.weights, train_set.label_names)
         if args.test_only and report.rebuilt:
             raise ValueError(f"--weights {args.weights} does not fit this model ({train_set.num_classes} classes): "
                              f"it was trained for other classes; --test-only evaluates weights as they are")
         args.init = report.as_dict()
         said = str(report)
-        freeze_vgg_stages(model.backbone.features, 4)  # pretrained trunk: the recipe's frozen first stage
-    elif backbone:
+    elif download:
         said = (f"VGG16 trunk from the ImageNet backbone ({weights_url('vgg16_backbone')}); extra layers and heads "
                 f"initialised (seed {args.seed})")
     else:
         said = f"every layer initialised (seed {args.seed}), no pretrained weights"
     dist.print0(f"model: {said}")
+    if args.pretrained_backbone or args.weights:
+        freeze_vgg_stages(model.backbone.features, 4)  # a pretrained trunk: the recipe's frozen first stage
     if args.freeze_backbone:
         freeze_trunk(model)
         trainable = sum(p.requires_grad for p in model.parameters())
@@ -269,6 +270,8 @@ def load_resume_point(args, model, optimizer, scaler):
         if scaler is not None and payload.get("amp_scaler"):
             scaler.load_state_dict(payload["amp_scaler"])
         ckpt.set_rng_state(payload["rng"])
+        if (payload.get("args") or {}).get("init"):
+            args.init = payload["args"]["init"]  # where the resumed run's weights came from stays on record
         state = {"iteration": payload["iteration"], "epoch": payload["epoch"], "part": payload.get("part") or 0}
         dist.print0(f"resumed from {path}: " + (f"{state['part']} iterations of epoch {state['epoch'] + 1} done"
                                                  if state["part"] else f"epoch {state['epoch']} done")
