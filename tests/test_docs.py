@@ -88,6 +88,11 @@ def parse_only(run, argv0, args, monkeypatch):
     monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_known_args)
     monkeypatch.setattr(argparse.ArgumentParser, "error", error)
     monkeypatch.setattr(sys, "argv", [argv0, *args])
+    if "--help" in args or "-h" in args:  # argparse prints the help and exits 0 while parsing
+        with pytest.raises(SystemExit) as stop:
+            run()
+        assert stop.value.code == 0, f"{argv0} --help exited with {stop.value.code}"
+        return
     with pytest.raises(Parsed):
         run()
 
