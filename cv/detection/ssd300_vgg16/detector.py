@@ -268,6 +268,11 @@ class Detections:
 
 # --- the detector ---------------------------------------------------------------------------------------------
 
+def _check_threshold(score_threshold):
+    if not 0 <= score_threshold <= 1:
+        raise ValueError(f"score_threshold must be between 0 and 1, got {score_threshold}")
+
+
 class Detector:
     """SSD300-VGG16 from images to :class:`Detections`. Make one with :meth:`load`; call it (or :meth:`predict`)
     on an image path, a PIL image, an ``HxWx3`` uint8 RGB NumPy array, or a list of them.
@@ -282,8 +287,7 @@ class Detector:
     """
 
     def __init__(self, network, names, score_threshold=0.3, device="cpu", backend="oneflow", precision="float32"):
-        if not 0 <= score_threshold <= 1:
-            raise ValueError(f"score_threshold must be between 0 and 1, got {score_threshold}")
+        _check_threshold(score_threshold)
         self.network, self.names, self.score_threshold = network, list(names), score_threshold
         self.device = device if isinstance(device, flow.device) else flow.device(device)
         self.backend, self.precision = backend, precision
@@ -304,6 +308,7 @@ class Detector:
             raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        _check_threshold(score_threshold)
         try:
             device = flow.device(device or ("cuda" if flow.cuda.is_available() else "cpu"))
         except Exception as e:  # OneFlow's RuntimeError for an unknown device type
