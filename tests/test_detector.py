@@ -5,8 +5,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import oneflow as flow
@@ -16,7 +14,7 @@ from PIL import Image
 from cv import _runtime
 from cv.detection.ssd300_vgg16 import Detections, Detector
 from cv.detection.ssd300_vgg16.detector import draw_detections
-from tests.conftest import INFER_SH, REPO, run, tiny_ssd
+from tests.conftest import INFER_SH, REPO, fresh_python, run, tiny_ssd
 
 TINY_NAMES = ["__background__", "a", "b", "c", "d"]
 SHAPES = ["__background__", "circle", "square", "triangle", "ring", "cross", "star"]
@@ -153,19 +151,11 @@ def test_weights_that_are_not_ssd300_vgg16_and_bad_settings_are_value_errors(pic
         Detector.load(str(tmp_path / "tiny"), device="tpu")
 
 
-def python(code, cwd=REPO):
-    """Run ``code`` in a fresh interpreter without a preset OPENBLAS_CORETYPE: ``(stdout, stderr)``."""
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    env["PYTHONPATH"] = REPO
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout, out.stderr
-
-
 def test_oneflow_imported_first_works_and_says_once_what_to_do(pictures):
-    """``import oneflow`` before the API: it works, and (on a CPU with AVX) one warning says how to get the fast
-    CPU kernels: OpenBLAS read its core type when oneflow loaded, before our package could set it."""
-    out, err = python("import oneflow\nfrom cv.detection.ssd300_vgg16 import Detector\n"
+    """``import oneflow`` before the API, where setup.sh's start-up hook is not installed: it works, and (on a CPU
+    with AVX) one warning says how to get the fast CPU kernels (OpenBLAS read its core type when oneflow loaded,
+    before our package could set it). With the hook there is no warning: tests/test_runtime.py."""
+    out, err = fresh_python("import oneflow\nfrom cv.detection.ssd300_vgg16 import Detector\n"
                       "import cv.detection.ssd300_vgg16.infer\nfrom tests.conftest import tiny_ssd\n"
                       f"print(Detector(tiny_ssd().eval(), {TINY_NAMES!r}, 0.0)({pictures[0]!r}))")
     assert out.strip() == str(Detector(tiny_ssd().eval(), TINY_NAMES, 0.0)(pictures[0]))
@@ -236,7 +226,7 @@ def test_the_api_gives_what_infer_sh_writes(backend, weights, images, tmp_path):
 @pytest.mark.slow
 def test_oneflow_hub_gives_a_detector(weights, images):
     """``flow.hub.load(repo, "detector", weights, source="local")``: oneflow necessarily imported first."""
-    out, err = python("import oneflow as flow\n"
+    out, _ = fresh_python("import oneflow as flow\n"
                       f"det = flow.hub.load({REPO!r}, 'detector', {str(weights)!r}, source='local', backend='oneflow', "
                       "score_threshold=0.02)\n"
                       f"print(type(det).__name__, det.backend, det({images[0]!r}).to_json()['detections'][:3])",
