@@ -123,6 +123,11 @@ def test_bad_inputs_are_value_errors_naming_them(tiny_detector, pictures, tmp_pa
         with pytest.raises(ValueError) as e:
             tiny_detector(bad)
         assert str(e.value) == message
+    # A PIL image is decoded when detected: a truncated file fails then.
+    Image.open(pictures[0]).convert("RGB").save(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:-200])
+    with pytest.raises(ValueError, match="^the PIL image: cannot be read: image file is truncated"):
+        tiny_detector(Image.open(tmp_path / "cut.jpg"))
 
 
 def test_weights_that_are_not_ssd300_vgg16_and_bad_settings_are_value_errors(pictures, tmp_path):

@@ -369,7 +369,8 @@ class Detector:
                 pictures.append(_picture(x))
             except OSError as e:
                 if skip is None:
-                    raise ValueError(f"image {os.fspath(x)}: cannot be read: {e}") from None
+                    name = f"image {os.fspath(x)}" if isinstance(x, (str, os.PathLike)) else "the PIL image"
+                    raise ValueError(f"{name}: cannot be read: {e}") from None
                 skip(x, e)
         if not pictures:
             return []
