@@ -12,7 +12,10 @@ Two things about the ``oneflow==0.9.0`` wheel (the only one on PyPI) need care o
   made from the CPU's flags. A value the user has set is always kept. ``scripts/benchmark.py`` shows the effect.
 
 Both happen when ``cv`` is imported (its ``__init__`` calls :func:`install`), so a program imports ``cv`` (or anything
-from it) before ``oneflow``, as ours do; one that imports ``oneflow`` first is told so once, with what it costs.
+from it) before ``oneflow``, as ours do. In the environment ``scripts/setup.sh`` makes, the order does not matter:
+it adds :data:`STARTUP_HOOK` to the venv, which imports ``cv`` when the interpreter starts (see
+:func:`write_startup_hook`). Elsewhere (another environment, or ``flow.hub.load``, which needs oneflow first), a
+program that imports ``oneflow`` first is told once what it costs and what to do.
 Only the standard library is imported here: it runs before oneflow, in DataLoader workers too.
 """
 import ctypes
@@ -119,3 +122,27 @@ def install():
 
 def uninstall():
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _BeforeOneFlow)]
+
+
+# A .pth file in site-packages whose line starts with "import" is run by the interpreter at start-up (the site
+# module). Ours imports cv, which only installs the hook above: nothing else is loaded, and nothing happens unless
+# oneflow is imported later. Exceptions are swallowed: a checkout moved away must not break every Python start in
+# the venv (importing cv then reports it).
+STARTUP_HOOK = "cv_prepare_oneflow.pth"
+STARTUP_LINE = 'import sys; exec("try:\\n    import cv\\nexcept Exception:\\n    pass")\n'
+
+
+def write_startup_hook(site_dir):
+    """Put :data:`STARTUP_HOOK` in ``site_dir`` (a venv's site-packages), so that every program run by that
+    interpreter is prepared for oneflow whatever it imports first. Returns its path; rewritten only if it differs."""
+    path = os.path.join(site_dir, STARTUP_HOOK)
+    try:
+        with open(path) as f:
+            if f.read() == STARTUP_LINE:
+                return path
+    except OSError:
+        pass
+    with open(path + ".tmp", "w") as f:
+        f.write(STARTUP_LINE)
+    os.replace(path + ".tmp", path)
+    return path

@@ -140,7 +140,7 @@ def profile_stages(model, detector, names, paths, out_dir, repeats, before=False
     OneFlow post-processing and the tensor-masking JSON record, as they were."""
     from cv.detection.models import box_ops
     from cv.detection.utils import fileio
-    from cv.detection.ssd300_vgg16.infer import as_records, draw_detections, read_as_seen
+    from cv.detection.ssd300_vgg16.detector import as_records, draw_detections, read_as_seen
     from cv.detection.data.transforms import to_chw_float
 
     stages = ("decode", "to tensor", "resize+normalise", "network", "boxes+top-k", "NMS", "JSON record", "drawing",
@@ -204,7 +204,7 @@ def bench_int8(args):
     from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
     from cv.detection.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, cached_quantized_export, match_rate
     from cv.detection.data.sample import make_sample_dataset
-    from cv.detection.ssd300_vgg16.infer import label_names
+    from cv.detection.ssd300_vgg16.detector import label_names
     from cv.detection.data.transforms import to_chw_float
 
     result = {}

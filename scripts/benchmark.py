@@ -263,7 +263,8 @@ def bench_video(args):
     from cv.detection.deploy import video
     from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
     from cv.detection.ssd300_vgg16 import ssd300_vgg16
-    from cv.detection.ssd300_vgg16.infer import draw_detections, frame_functions, label_names, load_model
+    from cv.detection.ssd300_vgg16.detector import Detector, draw_detections, label_names, load_model
+    from cv.detection.ssd300_vgg16.infer import frame_functions
 
     flow.manual_seed(0)
     if args.weights:
@@ -284,7 +285,7 @@ def bench_video(args):
                                         os.path.join(root, "out.jsonl"), 4, progress=False)
             return run
 
-        contenders = {name: end_to_end(*frame_functions(d, names, args.video_score_threshold, flow.device("cpu")))
+        contenders = {name: end_to_end(*frame_functions(Detector(d, names, args.video_score_threshold), 4))
                       for name, d in detectors.items()}
         contenders["video work alone (no detector)"] = end_to_end(lambda frames: [None] * len(frames), lambda _: [])
         times = time_alternating(contenders, args.repeats)

@@ -69,6 +69,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" --no-build-isolation --no-deps -e "$ROOT"
   # Earlier versions of this script put the repository on the path with a .pth file of their own.
   rm -f "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/ssd300_vgg16_repo.pth"
+  # cv's preparation of oneflow at interpreter start, so that programs may import oneflow first (cv/_runtime.py).
+  (cd / && "$VENV/bin/python" -c 'import sysconfig; from cv import _runtime
+_runtime.write_startup_hook(sysconfig.get_paths()["purelib"])')
   echo "$want" > "$STAMP"
 fi
 

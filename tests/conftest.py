@@ -170,3 +170,19 @@ def decompression_bomb(path, side=20000):
     body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
                      + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def fresh_python(code, cwd=REPO, startup_hook=None):
+    """Run ``code`` in a new interpreter as in an environment without the start-up hook of ``scripts/setup.sh``
+    (``-S``: no .pth file runs; this repository and site-packages are put on the path by hand), or with only that
+    hook when ``startup_hook`` is a folder holding it; no preset OPENBLAS_CORETYPE. Returns ``(stdout, stderr)``."""
+    import site
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    prelude = (f"import sys, site; sys.path[:0] = [{REPO!r}]; "
+               + (f"site.addsitedir({str(startup_hook)!r}); " if startup_hook else "")
+               + f"sys.path += {site.getsitepackages()!r}\n")
+    out = subprocess.run([sys.executable, "-S", "-c", prelude + code], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout, out.stderr

@@ -79,7 +79,7 @@ def parse_only(run, argv0, args, monkeypatch):
     original = argparse.ArgumentParser.parse_known_args
 
     def parse_known_args(self, args=None, namespace=None):
-        result = original(self, args, namespace)
+        original(self, args, namespace)
         raise Parsed()
 
     def error(self, message):

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from cv import _runtime
+from tests.conftest import fresh_python
 
 
 def run_python(code, **env_changes):
@@ -57,10 +58,18 @@ def test_importing_oneflow_first_is_told_what_it_costs():
     coretype = _runtime.openblas_coretype(_runtime.cpu_flags())
     if coretype is None:
         pytest.skip("this CPU has no AVX: OpenBLAS's own choice is kept, so there is nothing to warn about")
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    out = subprocess.run([sys.executable, "-c", "import oneflow, cv"], cwd="/", env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0 and f"import cv first, or set OPENBLAS_CORETYPE={coretype}" in out.stderr
+    _, err = fresh_python("import oneflow, cv", cwd="/")  # an environment without setup.sh's start-up hook
+    assert err.count("UserWarning") == 1 and f"import cv first, or set OPENBLAS_CORETYPE={coretype}" in err
+
+
+def test_the_startup_hook_prepares_oneflow_imported_first(tmp_path):
+    """setup.sh's .pth file: with it, importing oneflow before cv still gets the chosen core type, and no warning."""
+    path = _runtime.write_startup_hook(str(tmp_path))
+    assert open(path).read() == _runtime.STARTUP_LINE and _runtime.write_startup_hook(str(tmp_path)) == path
+    out, err = fresh_python("import os, oneflow, cv.detection.ssd300_vgg16; print(os.environ.get('OPENBLAS_CORETYPE', "
+                            "'unset'))", cwd="/", startup_hook=tmp_path)
+    assert out.split()[-1] == (_runtime.openblas_coretype(_runtime.cpu_flags()) or "unset")
+    assert "UserWarning" not in err
 
 
 def test_user_choice_of_coretype_is_kept():

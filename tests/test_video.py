@@ -21,7 +21,8 @@ from PIL import Image, ImageOps
 
 from cv.detection.utils import cli
 from cv.detection.deploy import video
-from cv.detection.ssd300_vgg16.infer import as_records, draw_detections, run_on_images
+from cv.detection.ssd300_vgg16.detector import Detector, as_records, draw_detections
+from cv.detection.ssd300_vgg16.infer import run_on_images
 from cv.detection.data.transforms import to_chw_float
 from tests.conftest import INFER_SH, last_line, run, tiny_ssd
 
@@ -141,7 +142,7 @@ def as_images(frames, detector, names, folder, batch_size, threshold):
         paths.append(str(folder / f"{i:03d}.png"))
         Image.fromarray(rgb).save(paths[-1])
     args = Namespace(batch_size=batch_size, score_threshold=threshold, output_dir=str(folder / "out"))
-    return [r["detections"] for r in run_on_images(detector, names, paths, args, flow.device("cpu"))]
+    return [r["detections"] for r in run_on_images(Detector(detector, names, threshold), paths, args)]
 
 
 def no_temporaries(folder):

@@ -46,15 +46,20 @@ def load_rgb(path, exif_transpose=False):
 def _load_rgb(path, exif_transpose):
     with Image.open(path) as img:
         img.load()  # decode now: a truncated or corrupt file fails here, not later in a transform
-        if exif_transpose:
-            img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            arr = np.asarray(img, dtype=np.float64)
-            top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)).convert("RGB")
-        if img.mode == "P" and "transparency" in img.info:
-            return img.convert("RGBA").convert("RGB")
-        return img.convert("RGB")
+        return as_rgb(img, exif_transpose)
+
+
+def as_rgb(img, exif_transpose=False):
+    """A decoded PIL image as a new RGB image, converted as :func:`load_rgb` converts files."""
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        return img.convert("RGBA").convert("RGB")
+    return img.convert("RGB")
 
 
 

@@ -1,4 +1,5 @@
-"""SSD300-VGG16: ``from cv.detection.ssd300_vgg16 import ssd300_vgg16``.
+"""SSD300-VGG16: ``from cv.detection.ssd300_vgg16 import Detector`` (images to named boxes, see
+:mod:`~cv.detection.ssd300_vgg16.detector`), or ``ssd300_vgg16`` (the OneFlow module).
 
 The defaults of this model's programs (``train.sh``, ``infer.sh``) live in the repository: COCO in ``data/coco``,
 the generated sample dataset in ``data/sample_coco``, outputs in ``output/ssd300_vgg16``.
@@ -6,6 +7,7 @@ the generated sample dataset in ``data/sample_coco``, outputs in ``output/ssd300
 import os
 
 from cv.detection.models.ssd import SSD
+from cv.detection.ssd300_vgg16.detector import Detections, Detector
 from cv.detection.ssd300_vgg16.model import SSD300_CONFIG, ssd300_vgg16
 from cv.detection.ssd300_vgg16.weights import WEIGHTS
 
@@ -14,4 +16,5 @@ COCO_DIR = os.path.join(REPO, "data", "coco")
 SAMPLE_DATA = os.path.join(REPO, "data", "sample_coco")
 OUTPUT_DIR = os.path.join(REPO, "output", "ssd300_vgg16")
 
-__all__ = ["SSD", "SSD300_CONFIG", "WEIGHTS", "ssd300_vgg16", "REPO", "COCO_DIR", "SAMPLE_DATA", "OUTPUT_DIR"]
+__all__ = ["Detector", "Detections", "SSD", "SSD300_CONFIG", "WEIGHTS", "ssd300_vgg16", "REPO", "COCO_DIR",
+           "SAMPLE_DATA", "OUTPUT_DIR"]

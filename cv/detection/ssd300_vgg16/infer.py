@@ -17,23 +17,20 @@ import time
 import warnings
 
 import oneflow as flow
-from PIL import Image, ImageDraw
 
 from cv.detection.engine import checkpoint as ckpt
 from cv.detection.utils import cli
 from cv.detection.data import layouts as datasets
 from cv.detection.utils import fileio
-from cv.detection.utils import hub
 from cv.detection.deploy import video
 from cv.detection.data.coco import COCO_NUM_CLASSES
-from cv.detection.data.base import load_rgb, make_loader
+from cv.detection.data.base import make_loader
 from cv.detection.engine.trainer import evaluate
 from cv.detection.ssd300_vgg16 import OUTPUT_DIR, SAMPLE_DATA
-from cv.detection.ssd300_vgg16.weights import (MAX_WEIGHTS_MB_ENV, PRETRAINED_URL_ENV, from_state_dict, label_names,
-                                               load_source, weights_url)
-from cv.detection.data.transforms import to_chw_float
+from cv.detection.ssd300_vgg16.detector import (Detections, Detector, check_source, choose_backend, draw_detections,
+                                                load_model, onnxruntime_detector)
+from cv.detection.ssd300_vgg16.weights import MAX_WEIGHTS_MB_ENV, PRETRAINED_URL_ENV, weights_url
 
-EXIF_ORIENTATION = 0x0112
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 INFER_OUTPUT = os.path.join(OUTPUT_DIR, "inference")
 
@@ -105,24 +102,13 @@ def weights_source(args):
         url = weights_url("coco")
         return url, f"the published COCO weights ({url})"
     if args.weights:
-        if not hub.is_url(args.weights) and not os.path.exists(args.weights):
-            raise ValueError(f"--weights {args.weights}: no such file or directory"
-                             + (" (URLs must be http://, https:// or file://)" if "://" in args.weights else ""))
-        return args.weights, args.weights
+        return check_source(args.weights, "--weights"), args.weights
     latest = ckpt.latest_checkpoint(OUTPUT_DIR)
     if latest is None:
         raise ValueError(f"no weights given and no checkpoint of train.sh in {OUTPUT_DIR}. Train one "
                          "(cd cv/detection && bash ssd300_vgg16/train.sh), or pass --weights PATH_OR_URL, or "
                          "--pretrained for the published COCO weights.")
     return latest, f"the newest checkpoint of train.sh ({latest})"
-
-
-def load_model(source, sha256=None, device="cpu"):
-    """``(model in eval mode, label_names, meta)`` from a checkpoint directory, a zoo directory, or a tarball
-    path/URL, read without running code from it. ``meta`` is the training metadata (None when unknown)."""
-    payload, meta = load_source(source, sha256=sha256)
-    model = from_state_dict(ckpt.model_state(payload), source)
-    return model.to(device).eval(), label_names(model.num_classes, meta), meta
 
 
 def collect_images(patterns):
@@ -144,40 +130,6 @@ def collect_images(patterns):
     return paths
 
 
-def read_as_seen(path):
-    """``(RGB image as a viewer shows it, its EXIF orientation)``. Phone photos store their pixels sideways with
-    an EXIF orientation (1: as stored, 6: turn right, ...); users see, and expect boxes on, the turned image."""
-    try:
-        with Image.open(path) as img:
-            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        orientation = 1  # load_rgb says what is wrong with the file
-    return load_rgb(path, exif_transpose=True), orientation if orientation in range(1, 9) else 1
-
-
-def colour(label):
-    """A stable, distinct colour per label (golden-angle hue steps)."""
-    import colorsys
-
-    r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.85, 1.0)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
-def draw_detections(image, detections):
-    image = image.copy()
-    draw = ImageDraw.Draw(image)
-    for d in detections:
-        x1, y1, x2, y2 = d["box"]
-        c = colour(d["label"])
-        draw.rectangle([x1, y1, x2, y2], outline=c, width=max(2, round(min(image.size) / 200)))
-        text = f"{d['name']} {d['score']:.2f}"
-        left, top, right, bottom = draw.textbbox((x1, y1), text)
-        ty = y1 - (bottom - top) - 4 if y1 - (bottom - top) - 4 >= 0 else y1
-        draw.rectangle([x1, ty, x1 + right - left + 4, ty + bottom - top + 4], fill=c)
-        draw.text((x1 + 2, ty + 1), text, fill=(0, 0, 0))
-    return image
-
-
 def output_names(paths):
     """A distinct output stem per input path (``a.jpg`` and ``b/a.jpg`` become ``a`` and ``a_1``)."""
     used, names = set(), []
@@ -192,48 +144,27 @@ def output_names(paths):
     return names
 
 
-def as_records(output, names, score_threshold):
-    """One image's detections above ``score_threshold`` as JSON-able dicts (box, score, label, name)."""
-    boxes, scores, labels = (output[k].numpy() for k in ("boxes", "scores", "labels"))  # once: tensor ops cost more
-    keep = scores >= score_threshold
-    return [{"box": [round(float(v), 2) for v in box], "score": round(float(s), 4), "label": int(label),
-             "name": names[int(label)] if int(label) < len(names) else f"class {int(label)}"}
-            for box, s, label in zip(boxes[keep], scores[keep], labels[keep])]
+def run_on_images(detector, paths, args):
+    """Detect with ``detector`` (a :class:`Detector`), write ``<name>.json`` and ``<name>.jpg`` per image, print a
+    line each; returns the JSON records. An unreadable image is skipped with a message naming it (the others still
+    run) and counted."""
+    results, skipped = [], []
+    outputs = dict(zip(paths, output_names(paths)))
 
+    def skip(path, error):
+        skipped.append(path)
+        print(f"{path}: skipped, cannot be read: {error}", flush=True)
 
-@flow.no_grad()
-def run_on_images(detector, names, paths, args, device):
-    """Detect, write ``<name>.json`` and ``<name>.jpg`` per image, print a line each; returns the results.
-    An unreadable image is skipped with a message naming it (the others still run) and counted."""
-    results, skipped = [], 0
-    stems = output_names(paths)
-    for start in range(0, len(paths), args.batch_size):
-        batch = []
-        for path, stem in zip(paths[start:start + args.batch_size], stems[start:start + args.batch_size]):
-            try:
-                batch.append((path, stem, *read_as_seen(path)))
-            except OSError as e:
-                skipped += 1
-                print(f"{path}: skipped, cannot be read: {e}", flush=True)
-        if not batch:
-            continue
-        outputs = detector([flow.tensor(to_chw_float(img), device=device) for _, _, img, _ in batch])
-        for (path, stem, img, orientation), out in zip(batch, outputs):
-            dets = as_records(out, names, args.score_threshold)
-            record = {"image": os.path.abspath(path), "width": img.size[0], "height": img.size[1],
-                      "exif_orientation": orientation, "score_threshold": args.score_threshold, "detections": dets}
-            if orientation != 1:
-                record["note"] = ("boxes are in the orientation the image is viewed in (its EXIF orientation "
-                                  f"{orientation} applied); width and height too")
-            fileio.write_json(os.path.join(args.output_dir, stem + ".json"), record, indent=1)
-            with fileio.atomic_path(os.path.join(args.output_dir, stem + ".jpg")) as tmp:
-                draw_detections(img, dets).save(tmp, format="JPEG", quality=92)
-            summary = ", ".join(f"{d['name']} {d['score']:.2f}" for d in dets[:5]) + (" ..." if len(dets) > 5 else "")
-            print(f"{path}: {len(dets)} detection{'s' * (len(dets) != 1)}" + (f" ({summary})" if dets else ""),
-                  flush=True)
-            results.append(record)
+    for found in detector.stream(paths, args.batch_size, skip=skip):
+        record = found.to_json()
+        stem = os.path.join(args.output_dir, outputs[found.path])
+        fileio.write_json(stem + ".json", record, indent=1)
+        with fileio.atomic_path(stem + ".jpg") as tmp:
+            found.draw().save(tmp, format="JPEG", quality=92)
+        print(f"{found.path}: {found}", flush=True)
+        results.append(record)
     if skipped:
-        print(f"{skipped} of {len(paths)} images could not be read and were skipped", flush=True)
+        print(f"{len(skipped)} of {len(paths)} images could not be read and were skipped", flush=True)
     return results
 
 
@@ -253,25 +184,21 @@ def check_videos(args):
     return list(zip(args.video, stems))
 
 
-def frame_functions(detector, names, score_threshold, device):
-    """``(detect, to_records)`` for :func:`cv.detection.deploy.video.process_video`: frames take the image path (RGB uint8
-    -> :func:`to_chw_float` -> the detector), so they get the detections the same pictures get as images."""
-    @flow.no_grad()
+def frame_functions(detector, batch_size):
+    """``(detect, to_records)`` for :func:`cv.detection.deploy.video.process_video`: frames go through
+    :meth:`Detector.predict` as RGB arrays, so they get the detections the same pictures get as images."""
     def detect(frames):
-        return detector([flow.tensor(to_chw_float(f), device=device) for f in frames])
+        return detector.predict(list(frames), batch_size)
 
-    def to_records(output):
-        return as_records(output, names, score_threshold)
-
-    return detect, to_records
+    return detect, Detections.records
 
 
-def run_on_videos(detector, names, inputs, args, device):
+def run_on_videos(detector, inputs, args):
     """``--video``/``--camera``: per input ``<stem>.mp4`` (the frames with their boxes drawn) and ``<stem>.jsonl``
     (the detections of each frame, as for images), one summary line each. Ctrl-C or SIGTERM ends the input in
     progress with complete outputs; for videos the rest are not started (:class:`cli.Interrupted`), for a camera,
     which has no other end, that is the normal end."""
-    detect, to_records = frame_functions(detector, names, args.score_threshold, device)
+    detect, to_records = frame_functions(detector, args.batch_size)
     results, start = [], time.perf_counter()
     with cli.StopRequest("finishing the frames in progress, then closing the outputs") as stop:
         for i, (path, stem) in enumerate(inputs):
@@ -321,38 +248,9 @@ def evaluate_split(detector, names, meta, args, device):
                     val_set.evaluator(), device, os.path.join(args.output_dir, "detections_val.json"))
 
 
-def onnxruntime_detector(model, args):
-    """``model`` with its network run by ONNX Runtime: the float32 export, or with ``--precision int8`` its
-    quantization calibrated on ``--calibration-data`` (each made once and cached in ``$FLOWVISION_CACHE/onnx``)."""
-    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
-
-    cache = os.path.join(hub.cache_dir(), "onnx")
-    if args.precision == "float32":
-        return OnnxRuntimeSSD(model, cached_export(model, cache))
-    from cv.detection.deploy.quantize import cached_quantized_export, calibration_images
-
-    source = args.calibration_data
-    if source is None:
-        if not os.path.isdir(os.path.join(SAMPLE_DATA, "train2017")):
-            from cv.detection.data.sample import make_sample_dataset
-
-            make_sample_dataset(SAMPLE_DATA)
-        source = SAMPLE_DATA
-        print(f"calibration images: the sample dataset's ({SAMPLE_DATA}); for a model trained on other data, give "
-              "--calibration-data with images of that data", flush=True)
-    return OnnxRuntimeSSD(model, cached_quantized_export(model, cache, calibration_images(source,
-                                                                                          args.calibration_images),
-                                                         log=lambda m: print(m, flush=True)))
-
-
 def main(args):
     device = flow.device(args.device or ("cuda" if flow.cuda.is_available() else "cpu"))
-    if args.precision == "int8" and args.backend == "oneflow":
-        raise ValueError("--precision int8 runs on ONNX Runtime: use --backend onnxruntime (or leave --backend out)")
-    # On CPU the fastest backend whose detections are proven equal to OneFlow's; int8 is not (README, "Speed").
-    args.backend = args.backend or ("onnxruntime" if device.type == "cpu" or args.precision == "int8" else "oneflow")
-    if args.backend == "onnxruntime" and device.type != "cpu":
-        raise ValueError("--backend onnxruntime runs on the CPU; drop --device or use --backend oneflow")
+    args.backend = choose_backend(args.backend, args.precision, device, prefix="--")
     if args.precision == "float32" and args.calibration_data:
         raise ValueError("--calibration-data is for --precision int8")
     cli.writable_dir(args.output_dir, "--output-dir")
@@ -361,15 +259,16 @@ def main(args):
     model, names, meta = load_model(source, args.sha256, device)
     detector = model
     if args.backend == "onnxruntime":
-        detector = onnxruntime_detector(model, args)
+        detector = onnxruntime_detector(model, args.precision, args.calibration_data, args.calibration_images)
     precision = " (int8)" if args.precision == "int8" else ""
     print(f"weights: {description}; {len(names) - 1} classes; backend {args.backend}{precision}, device {device}",
           flush=True)
 
     if args.eval:
         return evaluate_split(detector, names, meta, args, device)
+    detector = Detector(detector, names, args.score_threshold, device, args.backend, args.precision)
     if videos is not None:
-        return run_on_videos(detector, names, videos, args, device)
+        return run_on_videos(detector, videos, args)
     if args.images is None:
         if not os.path.isdir(os.path.join(SAMPLE_DATA, "val2017")):
             from cv.detection.data.sample import make_sample_dataset
@@ -379,7 +278,7 @@ def main(args):
         print(f"images: the sample dataset's val images ({args.images[0]})", flush=True)
     paths = collect_images(args.images)
     start = time.perf_counter()
-    results = run_on_images(detector, names, paths, args, device)
+    results = run_on_images(detector, paths, args)
     print(f"{len(results)} images in {time.perf_counter() - start:.1f} s; detections and pictures in "
           f"{os.path.abspath(args.output_dir)}", flush=True)
     return results
