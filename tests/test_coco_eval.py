@@ -261,11 +261,37 @@ def test_distributed_gather_two_processes(tmp_path):
     assert len(json.loads((tmp_path / "results.json").read_text())) == sum(len(v) for v in GROUND_TRUTH.values())
 
 
+def pycocotools_per_category(gt_dataset, results_file, image_ids):
+    """``{category id: (AP, AP50, AP75)}`` by pycocotools' own COCOeval run once per category (``params.catIds =
+    [c]``): the reference for the per-class table."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    out = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_dataset
+        gt.createIndex()
+        detections = gt.loadRes(results_file)
+        for category in sorted(gt.getCatIds()):
+            evaluation = COCOeval(gt, detections, "bbox")
+            evaluation.params.imgIds, evaluation.params.catIds = sorted(image_ids), [category]
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+            out[category] = tuple(float(v) for v in evaluation.stats[:3])
+    return out
+
+
 @pytest.mark.parametrize("coco_categories", [False, True], ids=["sample", "coco-faithful sample"])
-def test_our_table_equals_pycocotools_on_the_sample_datasets(tmp_path, coco_categories):
+def test_our_table_equals_pycocotools_on_the_sample_datasets(tmp_path, coco_categories, capsys):
     """On both sample datasets (the COCO-faithful one has crowd regions, images without objects, all area ranges),
     detections like a detector's (jittered objects, misses, false positives, labels the dataset lacks): every one
-    of the 12 numbers equals pycocotools' own COCOeval's on the same results file."""
+    of the 12 numbers equals pycocotools' own COCOeval's on the same results file, and so does every row of the
+    per-class table pycocotools' COCOeval run per category (as computed and as printed)."""
     from cv.detection.data.coco import CocoDetection
     from cv.detection.data.sample import make_sample_dataset
 
@@ -289,3 +315,16 @@ def test_our_table_equals_pycocotools_on_the_sample_datasets(tmp_path, coco_cate
     assert 0.1 < stats["AP"] < 0.9  # a table worth comparing
     assert bool(evaluator.dropped) == coco_categories  # a 91-way model detects ids the dataset lacks
     assert pycocotools_stats(ds.dataset, str(tmp_path / "results.json"), ids) == pytest.approx(twelve(stats), abs=1e-9)
+
+    reference = pycocotools_per_category(ds.dataset, str(tmp_path / "results.json"), ids)
+    assert [r["category_id"] for r in stats["per_class"]] == sorted(reference)
+    printed = capsys.readouterr().out.split("per class (")[1].splitlines()[2:]
+    assert printed[len(reference)].startswith("per-class pictures: ")  # the table ends there
+    for row, line in zip(stats["per_class"], printed):
+        theirs = reference[row["category_id"]]
+        assert (row["AP"], row["AP50"], row["AP75"]) == pytest.approx(theirs, abs=1e-12)
+        gt = sum(a["category_id"] == row["category_id"] and not a["iscrowd"] for a in ds.dataset["annotations"])
+        expected = [row["name"], str(gt), str(row["detections"])] + [f"{v:.3f}" for v in theirs]
+        assert line.rsplit(maxsplit=5) == expected
+    worth = [r for r in stats["per_class"] if 0.1 < r["AP"] < 0.9]
+    assert len(worth) >= 3  # classes whose AP is neither trivial nor absent
