@@ -187,14 +187,15 @@ def progress_bar(loader):
     Rank 0's count times the world size stands for all ranks' (they advance together). Shown whether or not
     stderr is a terminal: a user who pipes stdout into a log (``train.sh ... | tee log``) still has the terminal
     on stderr, and where stderr itself is captured the bar redraws rarely (:data:`PROGRESS_INTERVAL`) instead of
-    disappearing. The one-line-per-event output on stdout is untouched, and leaving the ``with`` block closes the
-    bar, so that a following line (an error message) starts a line of its own.
+    disappearing. The one-line-per-event output on stdout is untouched. Leaving the ``with`` block (also by an
+    exception) closes the bar: its final state, with the rate, stays on a line of its own, and a following line
+    (an error message) starts a new one.
     """
     from tqdm import tqdm
 
     interactive = sys.stderr.isatty()
     return tqdm(total=len(loader.sampler) * dist.world_size(), desc="evaluating", unit="img", file=sys.stderr,
-                disable=not dist.is_main(), leave=False, mininterval=PROGRESS_INTERVAL[interactive],
+                disable=not dist.is_main(), mininterval=PROGRESS_INTERVAL[interactive],
                 dynamic_ncols=interactive)
 
 
