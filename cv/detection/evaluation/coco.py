@@ -7,7 +7,9 @@ The model returns, per image, ``boxes`` (``[x1, y1, x2, y2]`` in pixels of the o
 numbers (precision is accumulated over all detections of a category, ranked by score across images). This module
 does the conversion (:func:`detections_to_coco_results`) and the bookkeeping (:class:`CocoEvaluator`): collecting
 batches, merging the ranks of a distributed run onto rank 0, de-duplicating images a distributed sampler repeated
-to pad its last batch, writing the results file, and running the evaluation once.
+to pad its last batch, writing the results file, and running the evaluation once. After COCO's table it prints a
+per-class one (:func:`per_category_ap`) and, beside the results file, draws the precision-recall curves and the
+confusion matrix (:mod:`cv.detection.evaluation.report`).
 
 The evaluation itself is ``faster-coco-eval``'s ``COCOeval_faster``, an independent C++ implementation of
 pycocotools' ``COCOeval``, an order of magnitude faster on COCO-val-sized results (README, "Speed"; ``benchmark.py
@@ -365,8 +367,10 @@ class CocoEvaluator:
 
         params = coco_eval.params
         index = {c: k for k, c in enumerate(params.catIds)}
-        t, a, m = _iou_index(params, 0.5), params.areaRngLbl.index("all"), params.maxDets.index(100)
-        curves = [p.tolist() if (p > -1).all() else None for p in coco_eval.eval["precision"][t, :, :, a, m].T]
+        at = (_iou_index(params, 0.5), slice(None), slice(None), params.areaRngLbl.index("all"),
+              params.maxDets.index(100))
+        # [R, K] -> per category its curve over the recall points; all -1 where it has no ground truth.
+        curves = [p.tolist() if (p > -1).all() else None for p in coco_eval.eval["precision"][at].T]
 
         def image(i):
             anns, rows = self.coco_gt.imgToAnns[i], self._per_image[i]
@@ -389,6 +393,8 @@ def _corners(xywh):
 
 
 def _iou_index(params, iou):
+    """The index of IoU threshold ``iou`` in ``params.iouThrs``: the nearest, as computed thresholds need not equal a
+    literal exactly."""
     return int(np.argmin(np.abs(np.asarray(params.iouThrs) - iou)))
 
 
@@ -399,11 +405,11 @@ def per_category_ap(coco_eval):
     maxDets 100. That is what pycocotools' ``summarize`` computes with ``params.catIds = [c]`` (each category is
     accumulated on its own); -1 for a category without ground truth in the evaluated images."""
     params, precision = coco_eval.params, coco_eval.eval["precision"]
-    a, m = params.areaRngLbl.index("all"), params.maxDets.index(100)
+    area, dets = params.areaRngLbl.index("all"), params.maxDets.index(100)
     rows = {"AP": slice(None), "AP50": [_iou_index(params, 0.5)], "AP75": [_iou_index(params, 0.75)]}
     table = []
     for k in range(precision.shape[2]):
-        entries = {name: precision[t, :, k, a, m] for name, t in rows.items()}
+        entries = {name: precision[t, :, k, area, dets] for name, t in rows.items()}
         table.append({name: float(e[e > -1].mean()) if (e > -1).any() else -1.0 for name, e in entries.items()})
     return table
 

@@ -83,9 +83,10 @@ def plot_pr_curves(recall, curves, names, path, title):
     ax = fig.subplots()
     drawn = [(name, np.asarray(c)) for name, c in zip(names, curves) if c is not None]
     named = len(drawn) <= NAMED_CLASSES
-    for name, precision in drawn:
+    for i, (name, precision) in enumerate(drawn):
+        unnamed = f"each of {len(drawn)} classes" if i == 0 else None
         ax.plot(recall, precision, linewidth=1, alpha=0.8 if named else 0.3, color=None if named else "grey",
-                label=f"{name} {precision.mean():.3f}" if named else None)
+                label=f"{name} {precision.mean():.3f}" if named else unnamed)
     if drawn:
         mean = np.mean([c for _, c in drawn], axis=0)
         ax.plot(recall, mean, linewidth=3, color="tab:blue", label=f"all classes {mean.mean():.3f}")
@@ -109,12 +110,14 @@ def plot_confusion(counts, names, path, title):
     image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the row (its ground truth)")
     labels = list(names) + ["background"]
-    if len(labels) <= NAMED_CLASSES + 1:
+    unnamed = len(labels) > NAMED_CLASSES + 1
+    note = " (index into the report's names; the last: background)" if unnamed else ""
+    if not unnamed:
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="small")
         ax.set_yticks(range(len(labels)), labels, fontsize="small")
         for (i, j), value in np.ndenumerate(fractions):
             if counts[i, j]:
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small",
                         color="white" if value > 0.5 else "black")
-    ax.set(title=title, xlabel="predicted", ylabel="ground truth")
+    ax.set(title=title, xlabel="predicted" + note, ylabel="ground truth" + note)
     fig.savefig(path)
