@@ -72,10 +72,15 @@ def evaluate(image_ids, detections, output_json=None):
     return evaluator.summarize(output_json)
 
 
+def twelve(stats):
+    """The 12 COCO numbers of a summary (without its per-class table)."""
+    return {name: stats[name] for name in STAT_NAMES}
+
+
 def test_ground_truth_as_detections_is_perfect(capsys):
     ids = list(GROUND_TRUTH)
     stats = evaluate(ids, [detections_for(i) for i in ids])
-    assert set(stats) == set(STAT_NAMES)
+    assert set(stats) == set(STAT_NAMES) | {"per_class"}
     assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0)
     assert stats["APs"] == pytest.approx(1.0) and stats["APm"] == pytest.approx(1.0)
     assert stats["APl"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)
@@ -105,7 +110,9 @@ def test_jittered_detections_lower_ap_and_results_file(tmp_path):
     assert stats["AP75"] < stats["AP50"]  # some shifted boxes keep IoU > 0.5, none 0.75
 
     results = json.loads(path.read_text())
-    assert not [p for p in os.listdir(path.parent) if p != "results.json"]  # no temporary file left behind
+    # No temporary file left behind; beside the results the per-class pictures and their numbers.
+    assert sorted(os.listdir(path.parent)) == ["results.json", "results_confusion.png", "results_pr.png",
+                                               "results_report.json"]
     assert len(results) == sum(len(v) for v in GROUND_TRUTH.values())
     assert results == detections_to_coco_results(ids, detections, LABEL_TO_CATEGORY_ID)
     for r in results:
@@ -119,21 +126,21 @@ def test_jittered_detections_lower_ap_and_results_file(tmp_path):
     assert first["bbox"][2:] == pytest.approx([20, 15], abs=0.01)
 
     # The file alone reproduces the numbers: pycocotools itself computes the same 12 from it.
-    assert pycocotools_stats(make_coco(), str(path), ids) == pytest.approx(stats, abs=1e-9)
+    assert pycocotools_stats(make_coco(), str(path), ids) == pytest.approx(twelve(stats), abs=1e-9)
 
 
 def test_no_detections_gives_zero(tmp_path, capsys):
     ids = list(GROUND_TRUTH)
     path = tmp_path / "results.json"
     stats = evaluate(ids, [empty_detections() for _ in ids], output_json=str(path))
-    assert stats == {name: 0.0 for name in STAT_NAMES}  # every kind of object there, none found
+    assert twelve(stats) == {name: 0.0 for name in STAT_NAMES}  # every kind of object there, none found
     assert json.loads(path.read_text()) == []
     out = capsys.readouterr().out
     assert "COCO bbox evaluation: 5 images, 0 detections" in out
     assert " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.000" in out
     assert " Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = 0.000" in out
     # Nothing evaluated at all: no ground truth of any kind, so -1 (pycocotools' "absent") everywhere.
-    assert CocoEvaluator(make_coco(), LABEL_TO_CATEGORY_ID).summarize() == {name: -1.0 for name in STAT_NAMES}
+    assert twelve(CocoEvaluator(make_coco(), LABEL_TO_CATEGORY_ID).summarize()) == {name: -1.0 for name in STAT_NAMES}
 
 
 def test_image_without_detections_counts():
@@ -246,18 +253,45 @@ def test_distributed_gather_two_processes(tmp_path):
     rank1 = json.loads((tmp_path / "stats1.json").read_text())
     assert set(rank0["mine"]).isdisjoint(set(rank1["mine"]) - {ids[0]})  # each rank a different half (+ padding)
     assert rank0["images"] == sorted(ids)  # rank 0 holds everything, once
-    assert rank0["stats"] == pytest.approx(single)
+    assert twelve(rank0["stats"]) == pytest.approx(twelve(single))
+    assert rank0["stats"]["per_class"] == [pytest.approx(row) for row in single["per_class"]]
     assert rank1["stats"] is None
     assert rank0["dropped"] == {"9": 1} and rank1["dropped"] == {"9": 1}  # rank 0 counts rank 1's too
     assert (tmp_path / "results.json").exists() and not (tmp_path / "rank1.json").exists()
     assert len(json.loads((tmp_path / "results.json").read_text())) == sum(len(v) for v in GROUND_TRUTH.values())
 
 
+def pycocotools_per_category(gt_dataset, results_file, image_ids):
+    """``{category id: (AP, AP50, AP75)}`` by pycocotools' own COCOeval run once per category (``params.catIds =
+    [c]``): the reference for the per-class table."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    out = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_dataset
+        gt.createIndex()
+        detections = gt.loadRes(results_file)
+        for category in sorted(gt.getCatIds()):
+            evaluation = COCOeval(gt, detections, "bbox")
+            evaluation.params.imgIds, evaluation.params.catIds = sorted(image_ids), [category]
+            evaluation.evaluate()
+            evaluation.accumulate()
+            evaluation.summarize()
+            out[category] = tuple(float(v) for v in evaluation.stats[:3])
+    return out
+
+
 @pytest.mark.parametrize("coco_categories", [False, True], ids=["sample", "coco-faithful sample"])
-def test_our_table_equals_pycocotools_on_the_sample_datasets(tmp_path, coco_categories):
+def test_our_table_equals_pycocotools_on_the_sample_datasets(tmp_path, coco_categories, capsys):
     """On both sample datasets (the COCO-faithful one has crowd regions, images without objects, all area ranges),
     detections like a detector's (jittered objects, misses, false positives, labels the dataset lacks): every one
-    of the 12 numbers equals pycocotools' own COCOeval's on the same results file."""
+    of the 12 numbers equals pycocotools' own COCOeval's on the same results file, and so does every row of the
+    per-class table pycocotools' COCOeval run per category (as computed and as printed)."""
     from cv.detection.data.coco import CocoDetection
     from cv.detection.data.sample import make_sample_dataset
 
@@ -280,4 +314,17 @@ def test_our_table_equals_pycocotools_on_the_sample_datasets(tmp_path, coco_cate
     stats = evaluator.summarize(tmp_path / "results.json")
     assert 0.1 < stats["AP"] < 0.9  # a table worth comparing
     assert bool(evaluator.dropped) == coco_categories  # a 91-way model detects ids the dataset lacks
-    assert pycocotools_stats(ds.dataset, str(tmp_path / "results.json"), ids) == pytest.approx(stats, abs=1e-9)
+    assert pycocotools_stats(ds.dataset, str(tmp_path / "results.json"), ids) == pytest.approx(twelve(stats), abs=1e-9)
+
+    reference = pycocotools_per_category(ds.dataset, str(tmp_path / "results.json"), ids)
+    assert [r["category_id"] for r in stats["per_class"]] == sorted(reference)
+    printed = capsys.readouterr().out.split("per class (")[1].splitlines()[2:]
+    assert printed[len(reference)].startswith("per-class pictures: ")  # the table ends there
+    for row, line in zip(stats["per_class"], printed):
+        theirs = reference[row["category_id"]]
+        assert (row["AP"], row["AP50"], row["AP75"]) == pytest.approx(theirs, abs=1e-12)
+        gt = sum(a["category_id"] == row["category_id"] and not a["iscrowd"] for a in ds.dataset["annotations"])
+        expected = [row["name"], str(gt), str(row["detections"])] + [f"{v:.3f}" for v in theirs]
+        assert line.rsplit(maxsplit=5) == expected
+    worth = [r for r in stats["per_class"] if 0.1 < r["AP"] < 0.9]
+    assert len(worth) >= 3  # classes whose AP is neither trivial nor absent

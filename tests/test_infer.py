@@ -285,6 +285,9 @@ def test_coco_eval_mode_prints_the_ap_table(trained, sample_dataset, tmp_path):
     assert res.stdout.count("Average Precision") == 6 and res.stdout.count("Average Recall") == 6
     results = json.loads((tmp_path / "detections_val.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} == set(results[0])
+    assert "per class (" in res.stdout  # the per-class table, and its pictures beside the detections
+    assert all((tmp_path / f"detections_val_{kind}").stat().st_size > 0 for kind in ("pr.png", "confusion.png",
+                                                                                     "report.json"))
 
 
 def test_an_unreadable_image_in_a_loader_worker_is_one_line(trained, sample_dataset, tmp_path):

@@ -427,7 +427,10 @@ def test_test_only_evaluates_given_weights_without_training(sample_dataset, tmp_
     out = run(TRAIN + quick_args(sample_dataset, tmp_path / "eval", *common, "--test-only", "--weights",
                                  str(weights)), tmp_path).stdout
     assert "COCO bbox evaluation: 1 images" in out and "Average Precision" in out and "epoch 0 [" not in out
-    assert sorted(os.listdir(tmp_path / "eval")) == [".lock", "args.json", "detections_test.json", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path / "eval")) == [".lock", "args.json", "detections_test.json",
+                                                     "detections_test_confusion.png", "detections_test_pr.png",
+                                                     "detections_test_report.json", "metrics.jsonl"]
+    assert "per class (" in out and "per-class pictures: " in out
     assert [r["type"] for r in read_metrics(tmp_path / "eval" / "metrics.jsonl")] == ["eval"]
     # Weights that do not fit (another class count) are refused, naming the file.
     other = tmp_path / "other"
@@ -451,7 +454,9 @@ def test_two_processes_train_identical_weights_and_only_rank0_writes(sample_data
     assert "weights identical on all 2 ranks (71 tensors compared)" in out
     assert out.count("saved ") == 1 and "COCO bbox evaluation: 2 images" in out
     assert sorted(os.listdir(out_dir)) == [".lock", "args.json", "checkpoint_epoch0000", "checkpoints.json",
-                                          "detections_epoch0000.json", "metrics.jsonl", "training.png"]
+                                          "detections_epoch0000.json", "detections_epoch0000_confusion.png",
+                                          "detections_epoch0000_pr.png", "detections_epoch0000_report.json",
+                                          "metrics.jsonl", "training.png"]
     assert os.listdir(cwd) == []
     records = read_metrics(out_dir / "metrics.jsonl")
     # 4 images over 2 ranks with 1 per step: 2 iterations, each logged, then the evaluation.
@@ -576,5 +581,7 @@ def test_a_full_disk_ends_with_the_latest_intact_checkpoint_named(sample_dataset
                                             "space left on device); nothing of it was kept. The latest intact "
                                             f"checkpoint is {out / 'checkpoint_epoch0000'}")
     assert sorted(os.listdir(out)) == [".lock", "args.json", "checkpoint_epoch0000", "checkpoints.json",
-                                       "detections_epoch0001.json", "metrics.jsonl"]
+                                       "detections_epoch0001.json", "detections_epoch0001_confusion.png",
+                                       "detections_epoch0001_pr.png", "detections_epoch0001_report.json",
+                                       "metrics.jsonl"]
     assert ckpt.load(ckpt.latest_checkpoint(out))["epoch"] == 0

@@ -609,6 +609,9 @@ def test_infer_sh_eval_mode_on_voc(voc_trained, tmp_path):
     assert "evaluating on 2 images" in res.stdout and "Pascal VOC evaluation: 2 images" in res.stdout
     assert "mAP (VOC2007 11-point) = " in res.stdout
     assert json.loads((tmp_path / "detections_val.json").read_text())
+    report = json.loads((tmp_path / "detections_val_report.json").read_text())  # beside the pictures
+    assert report["names"] == list(VOC_CLASSES) and len(report["confusion"]["counts"]) == len(VOC_CLASSES) + 1
+    assert (tmp_path / "detections_val_pr.png").exists() and (tmp_path / "detections_val_confusion.png").exists()
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ trains on its own shard, losses are averaged across ranks for logging only, and 
 """
 import json
 import math
+import sys
 import time
 
 import oneflow as flow
@@ -173,18 +174,47 @@ def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, pr
     return i
 
 
+# Seconds between redraws of the evaluation's progress bar: on a terminal often enough to see it move; elsewhere
+# (stderr captured in a file, or piped: train.sh ... 2>&1 | tee log) each redraw is one more carriage-return
+# separated update in the log, so rarely.
+PROGRESS_INTERVAL = {True: 1.0, False: 30.0}
+
+
+def progress_bar(loader):
+    """The evaluation's progress (a ``tqdm`` context manager: images done of all ranks' total, images/s) on rank 0,
+    on stderr; disabled on the other ranks (one bar per run, not one per process).
+
+    Rank 0's count times the world size stands for all ranks' (they advance together). Shown whether or not
+    stderr is a terminal: a user who pipes stdout into a log (``train.sh ... | tee log``) still has the terminal
+    on stderr, and where stderr itself is captured the bar redraws rarely (:data:`PROGRESS_INTERVAL`) instead of
+    disappearing. The one-line-per-event output on stdout is untouched. Leaving the ``with`` block (also by an
+    exception) closes the bar: its final state, with the rate, stays on a line of its own, and a following line
+    (an error message) starts a new one.
+    """
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=len(loader.sampler) * dist.world_size(), desc="evaluating", unit="img", file=sys.stderr,
+                disable=not dist.is_main(), mininterval=PROGRESS_INTERVAL[interactive],
+                dynamic_ncols=interactive)
+
+
 @flow.no_grad()
 def evaluate(model, loader, evaluator, device, output_json=None):
     """Run ``model`` over ``loader`` (each rank its shard), gather the detections on rank 0 and return the
-    evaluator's summary there (None on other ranks): COCO's 12 numbers (:class:`cv.detection.evaluation.coco.CocoEvaluator`)
-    or VOC's APs (:class:`cv.detection.evaluation.voc.VocEvaluator`). Detections go to ``output_json``."""
+    evaluator's summary there (None on other ranks): COCO's 12 numbers and per-class table
+    (:class:`cv.detection.evaluation.coco.CocoEvaluator`) or VOC's APs
+    (:class:`cv.detection.evaluation.voc.VocEvaluator`). Detections go to ``output_json``, the evaluator's pictures
+    beside it. While the model runs, rank 0 shows :func:`progress_bar` on stderr."""
     model.eval()
     start, count = time.perf_counter(), 0
-    for images, targets in loader:
-        images, _ = to_tensors(images, [], device)  # only the image ids of the targets are needed here
-        detections = model(images)
-        evaluator.update([t["image_id"] for t in targets], detections)
-        count += len(images)
+    with progress_bar(loader) as bar:
+        for images, targets in loader:
+            images, _ = to_tensors(images, [], device)  # only the image ids of the targets are needed here
+            detections = model(images)
+            evaluator.update([t["image_id"] for t in targets], detections)
+            count += len(images)
+            bar.update(len(images) * dist.world_size())
     dist.print0(f"evaluated {count * dist.world_size()} images in {time.perf_counter() - start:.1f} s")
     evaluator.gather()
     return evaluator.summarize(output_json)

@@ -7,7 +7,9 @@ The model returns, per image, ``boxes`` (``[x1, y1, x2, y2]`` in pixels of the o
 numbers (precision is accumulated over all detections of a category, ranked by score across images). This module
 does the conversion (:func:`detections_to_coco_results`) and the bookkeeping (:class:`CocoEvaluator`): collecting
 batches, merging the ranks of a distributed run onto rank 0, de-duplicating images a distributed sampler repeated
-to pad its last batch, writing the results file, and running the evaluation once.
+to pad its last batch, writing the results file, and running the evaluation once. After COCO's table it prints a
+per-class one (:func:`per_category_ap`) and, beside the results file, draws the precision-recall curves and the
+confusion matrix (:mod:`cv.detection.evaluation.report`).
 
 The evaluation itself is ``faster-coco-eval``'s ``COCOeval_faster``, an independent C++ implementation of
 pycocotools' ``COCOeval``, an order of magnitude faster on COCO-val-sized results (README, "Speed"; ``benchmark.py
@@ -16,8 +18,11 @@ pycocotools' ``COCOeval``, an order of magnitude faster on COCO-val-sized result
 ``oneflow`` is imported only where it is needed (rank queries and the distributed gather), so the conversion and
 the single-process evaluation also work on plain numpy arrays.
 """
+from collections import Counter
+
 import numpy as np
 
+from cv.detection.evaluation.report import write_report
 from cv.detection.utils import fileio
 
 # Names of ``COCOeval.stats``, in pycocotools' order (IoU=.50:.95 unless named; s/m/l are the area ranges;
@@ -293,15 +298,21 @@ class CocoEvaluator:
     def summarize(self, output_json=None):
         """Evaluate all evaluated images at once and print the standard 12-number COCO summary (rank 0 only).
 
+        Then the per-class table (:func:`format_class_table`), read from the same accumulated evaluation.
+
         Args:
             output_json: where to write the results (official COCO results format, a JSON list); written atomically
-                (a temporary file in the same directory, then a rename), parent directories created. None: no file.
+                (a temporary file in the same directory, then a rename), parent directories created. Beside it the
+                precision-recall curves, the confusion matrix and their numbers
+                (:func:`cv.detection.evaluation.report.write_report`). None: no file.
 
         Returns:
             On rank 0 a dict of the 12 stats (:data:`STAT_NAMES`: ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``,
-            ``APl``, ``AR1``, ``AR10``, ``AR100``, ``ARs``, ``ARm``, ``ARl``); on other ranks None (nothing is
+            ``APl``, ``AR1``, ``AR10``, ``AR100``, ``ARs``, ``ARm``, ``ARl``) and ``per_class``, per category of the
+            annotation file (in id order) ``{"category_id", "name", "gt" (boxes, crowd regions excluded),
+            "detections", "AP", "AP50", "AP75"}`` (:func:`per_category_ap`); on other ranks None (nothing is
             written there). As in pycocotools, a stat is -1 where the evaluated images have no ground truth of that
-            kind (e.g. no small objects).
+            kind (e.g. no small objects, or none of a category).
 
         Raises:
             RuntimeError: in a distributed run when :meth:`gather` was not called after the last update (the result
@@ -334,7 +345,84 @@ class CocoEvaluator:
         coco_eval.summarize()
         stats = {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
         print(format_table(stats))
+        stats["per_class"] = self._per_class(coco_eval, image_ids)
+        print(format_class_table(stats["per_class"]))
+        if output_json is not None:
+            write_report(output_json, self._report(coco_eval, stats["per_class"], image_ids))
         return stats
+
+    def _per_class(self, coco_eval, image_ids):
+        """The per-class table (see :meth:`summarize`) of an accumulated ``coco_eval`` over ``image_ids``."""
+        gt = Counter(a["category_id"] for i in image_ids for a in self.coco_gt.imgToAnns[i] if not a.get("iscrowd"))
+        found = Counter(int(c) for rows in self._per_image.values() for c in rows[:, 5].tolist())
+        table = per_category_ap(coco_eval)
+        return [{"category_id": int(c), "name": self.coco_gt.cats[c].get("name", str(c)), "gt": gt[c],
+                 "detections": found[c], **aps} for c, aps in zip(coco_eval.params.catIds, table)]
+
+    def _report(self, coco_eval, per_class, image_ids):
+        """The numbers of :func:`cv.detection.evaluation.report.write_report`: PR curves at IoU 0.5 from the
+        accumulated precision, and the confusion matrix of the evaluated images (crowd regions ignored)."""
+        # Here, not at the top: confusion.py shares voc.py's IoU, and voc.py imports this module.
+        from cv.detection.evaluation.confusion import IOU_THRESHOLD, SCORE_THRESHOLD, confusion_matrix
+
+        params = coco_eval.params
+        index = {c: k for k, c in enumerate(params.catIds)}
+        at = (_iou_index(params, 0.5), slice(None), slice(None), params.areaRngLbl.index("all"),
+              params.maxDets.index(100))
+        # [R, K] -> per category its curve over the recall points; all -1 where it has no ground truth.
+        curves = [p.tolist() if (p > -1).all() else None for p in coco_eval.eval["precision"][at].T]
+
+        def image(i):
+            anns, rows = self.coco_gt.imgToAnns[i], self._per_image[i]
+            gt = (_corners([a["bbox"] for a in anns]), [index[a["category_id"]] for a in anns],
+                  [bool(a.get("iscrowd")) for a in anns])
+            return gt, (_corners(rows[:, :4]), rows[:, 4], [index[int(c)] for c in rows[:, 5].tolist()])
+
+        counts = confusion_matrix((image(i) for i in image_ids), len(index))
+        return {"title": "COCO bbox", "names": [r["name"] for r in per_class],
+                "pr_curves": {"iou_threshold": 0.5, "recall": [float(r) for r in params.recThrs], "precision": curves},
+                "confusion": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": IOU_THRESHOLD,
+                              "counts": counts.tolist()},
+                "per_class": per_class}
+
+
+def _corners(xywh):
+    """``[N, 4]`` boxes ``x, y, w, h`` as ``x1, y1, x2, y2``."""
+    boxes = np.asarray(xywh, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def _iou_index(params, iou):
+    """The index of IoU threshold ``iou`` in ``params.iouThrs``: the nearest, as computed thresholds need not equal a
+    literal exactly."""
+    return int(np.argmin(np.abs(np.asarray(params.iouThrs) - iou)))
+
+
+def per_category_ap(coco_eval):
+    """Per category of ``coco_eval.params.catIds`` (an accumulated COCOeval, pycocotools' or faster-coco-eval's)
+    ``{"AP", "AP50", "AP75"}``, read from its precision array ``eval["precision"]`` ``[T, R, K, A, M]``: the mean
+    over IoU thresholds (AP) or at one, and over the recall points, of the entries > -1, at area "all" and
+    maxDets 100. That is what pycocotools' ``summarize`` computes with ``params.catIds = [c]`` (each category is
+    accumulated on its own); -1 for a category without ground truth in the evaluated images."""
+    params, precision = coco_eval.params, coco_eval.eval["precision"]
+    area, dets = params.areaRngLbl.index("all"), params.maxDets.index(100)
+    rows = {"AP": slice(None), "AP50": [_iou_index(params, 0.5)], "AP75": [_iou_index(params, 0.75)]}
+    table = []
+    for k in range(precision.shape[2]):
+        entries = {name: precision[t, :, k, area, dets] for name, t in rows.items()}
+        table.append({name: float(e[e > -1].mean()) if (e > -1).any() else -1.0 for name, e in entries.items()})
+    return table
+
+
+def format_class_table(per_class):
+    """The per-class table: ground-truth boxes (crowd regions excluded), detections, AP, AP50, AP75 per class."""
+    width = max([5] + [len(r["name"]) for r in per_class])
+    lines = ["per class (area=all, maxDets=100; AP at IoU=0.50:0.95; gt: ground-truth boxes, crowd excluded):",
+             f"{'class':<{width}} {'gt':>7} {'detections':>10} {'AP':>6} {'AP50':>6} {'AP75':>6}"]
+    for r in per_class:
+        lines.append(f"{r['name']:<{width}} {r['gt']:>7} {r['detections']:>10} {r['AP']:>6.3f} {r['AP50']:>6.3f} "
+                     f"{r['AP75']:>6.3f}")
+    return "\n".join(lines)
 
 
 def pycocotools_stats(gt_dataset, results, image_ids):

@@ -37,6 +37,7 @@ processes, summarize on rank 0). Like coco_eval, ``oneflow`` is imported only fo
 """
 import numpy as np
 
+from cv.detection.evaluation.report import RECALL_POINTS, interpolated_precision, write_report
 from cv.detection.utils import fileio
 from cv.detection.evaluation.coco import BBOX_DECIMALS, _as_int, _as_numpy, _rank_and_world_size, gather_per_image
 
@@ -93,8 +94,9 @@ def evaluate_class(per_image, iou_threshold=IOU_THRESHOLD):
     """AP of one class. ``per_image``: ``[(image_id, det_boxes [D, 4], det_scores [D], gt_boxes [G, 4],
     gt_difficult [G])]`` over the evaluated images, detections in the model's order.
 
-    Returns ``{"objects", "difficult", "detections", "tp", "fp", "ap_11point", "ap_area"}`` (APs None when the class
-    has no non-difficult object)."""
+    Returns ``{"objects", "difficult", "detections", "tp", "fp", "ap_11point", "ap_area", "pr_curve"}`` (APs and the
+    precision-recall curve, interpolated at COCO's 101 recall points for the pictures, None when the class has no
+    non-difficult object)."""
     scores, images, order, marks = [], [], [], []
     objects = difficult = 0
     for image_id, boxes, det_scores, gt_boxes, gt_difficult in per_image:
@@ -108,7 +110,7 @@ def evaluate_class(per_image, iou_threshold=IOU_THRESHOLD):
         order.append(rank)
         marks.append(mark_image(boxes[rank], gt_boxes, gt_difficult, iou_threshold))
     result = {"objects": objects, "difficult": difficult, "detections": 0, "tp": 0, "fp": 0,
-              "ap_11point": None, "ap_area": None}
+              "ap_11point": None, "ap_area": None, "pr_curve": None}
     if scores:
         scores, images, order, marks = (np.concatenate(x) for x in (scores, images, order, marks))
         ranked = marks[np.lexsort((order, images, -scores))]  # ties: image id, then the model's order
@@ -122,7 +124,8 @@ def evaluate_class(per_image, iou_threshold=IOU_THRESHOLD):
     fp = np.cumsum(ranked == 0)
     recall = tp / objects
     precision = tp / np.maximum(tp + fp, 1)
-    result.update(ap_11point=ap_11_point(recall, precision), ap_area=ap_area(recall, precision))
+    result.update(ap_11point=ap_11_point(recall, precision), ap_area=ap_area(recall, precision),
+                  pr_curve=interpolated_precision(recall, precision).tolist())
     return result
 
 
@@ -239,7 +242,9 @@ class VocEvaluator:
 
         Args:
             output_json: where to write the detections (a JSON list of ``{"image_id", "image", "label", "name",
-                "score", "box"}``, ``box`` as ``x1, y1, x2, y2`` continuous pixels), atomically. None: no file.
+                "score", "box"}``, ``box`` as ``x1, y1, x2, y2`` continuous pixels), atomically; beside it the
+                precision-recall curves, the confusion matrix and their numbers
+                (:func:`cv.detection.evaluation.report.write_report`). None: no file.
 
         Returns:
             On rank 0 ``{"mAP", "voc_metric", "mAP_11point", "mAP_area", "class_AP"}``: ``mAP`` by ``metric``
@@ -264,7 +269,32 @@ class VocEvaluator:
               f"{sum(len(r) for r in self._per_image.values())} detections{note}; AP at IoU >= "
               f"{self.iou_threshold:g}, difficult objects ignored")
         print(format_table(results, self.label_names, self.metric))
+        if output_json is not None:
+            write_report(output_json, self._report(results))
         return stats
+
+    def _report(self, results):
+        """The numbers of :func:`cv.detection.evaluation.report.write_report`: the classes' PR curves and the
+        confusion matrix of the evaluated images (difficult objects are its ignored ground truth)."""
+        # Here, not at the top: confusion.py uses this module's box_iou.
+        from cv.detection.evaluation.confusion import SCORE_THRESHOLD, confusion_matrix
+
+        def image(i):
+            boxes, labels, difficult = self.ground_truth[i]
+            rows = self._per_image[i]
+            return (boxes, labels - 1, difficult), (rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64) - 1)
+
+        counts = confusion_matrix((image(i) for i in sorted(self._per_image)), len(self.label_names) - 1,
+                                  SCORE_THRESHOLD, self.iou_threshold)
+        key = "ap_11point" if self.metric == "2007" else "ap_area"
+        return {"title": f"Pascal VOC ({METRICS[self.metric]} AP)", "names": self.label_names[1:],
+                "pr_curves": {"iou_threshold": self.iou_threshold, "recall": RECALL_POINTS.tolist(),
+                              "precision": [r["pr_curve"] for r in results.values()]},
+                "confusion": {"score_threshold": SCORE_THRESHOLD, "iou_threshold": self.iou_threshold,
+                              "counts": counts.tolist()},
+                "per_class": [{"label": label, "name": self.label_names[label], "objects": r["objects"],
+                               "difficult": r["difficult"], "detections": r["detections"], "AP": r[key]}
+                              for label, r in results.items()]}
 
     def results(self):
         """The detections as the JSON list :meth:`summarize` writes, images in id order."""

@@ -1,6 +1,10 @@
-"""The training curve, ``training.png``, drawn with matplotlib from the records of ``metrics.jsonl``: the loss per
-iteration (raw and smoothed, with its two parts), the learning rate, and the evaluation metrics per evaluated epoch.
+"""The pictures, drawn with matplotlib (``Figure`` alone, no pyplot: the Agg renderer, no display needed).
+
+The training curve, ``training.png``, from the records of ``metrics.jsonl``: the loss per iteration (raw and
+smoothed, with its two parts), the learning rate, and the evaluation metrics per evaluated epoch. An evaluation's
+precision-recall curves and confusion matrix (:mod:`cv.detection.evaluation.report` writes them beside it).
 """
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -64,3 +68,56 @@ def figure(records):
     for ax in (loss_ax, lr_ax, eval_ax):
         ax.grid(alpha=0.3)
     return fig
+
+
+# Evaluation pictures (cv.detection.evaluation.report). Beyond this many classes a legend, tick labels and numbers
+# in cells would be unreadable: the classes are drawn unnamed, the mean (PR) and the colours (confusion) remain.
+NAMED_CLASSES = 30
+
+
+def plot_pr_curves(recall, curves, names, path, title):
+    """Write precision-recall curves (PNG, 900 x 700 px) to ``path``: ``curves`` one precision array per class
+    (over ``recall``; None for a class without ground truth, left out), with their mean thick; each labelled with
+    its mean precision (the AP for COCO's 101-point curves)."""
+    fig = Figure(figsize=(9, 7), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    drawn = [(name, np.asarray(c)) for name, c in zip(names, curves) if c is not None]
+    named = len(drawn) <= NAMED_CLASSES
+    for i, (name, precision) in enumerate(drawn):
+        unnamed = f"each of {len(drawn)} classes" if i == 0 else None
+        ax.plot(recall, precision, linewidth=1, alpha=0.8 if named else 0.3, color=None if named else "grey",
+                label=f"{name} {precision.mean():.3f}" if named else unnamed)
+    if drawn:
+        mean = np.mean([c for _, c in drawn], axis=0)
+        ax.plot(recall, mean, linewidth=3, color="tab:blue", label=f"all classes {mean.mean():.3f}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no ground truth", transform=ax.transAxes, ha="center", color="grey")
+    ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    fig.savefig(path)
+
+
+def plot_confusion(counts, names, path, title):
+    """Write the confusion matrix ``counts`` (``[K + 1, K + 1]``, rows ground truth, columns predictions, the
+    background last; see :mod:`cv.detection.evaluation.confusion`) to ``path`` (PNG, 1000 x 900 px), each row
+    normalised by its sum so that the colours compare classes of different sizes."""
+    counts = np.asarray(counts, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    fractions = counts / np.where(totals > 0, totals, 1.0)
+    fig = Figure(figsize=(10, 9), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the row (its ground truth)")
+    labels = list(names) + ["background"]
+    unnamed = len(labels) > NAMED_CLASSES + 1
+    note = " (index into the report's names; the last: background)" if unnamed else ""
+    if not unnamed:
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="small")
+        ax.set_yticks(range(len(labels)), labels, fontsize="small")
+        for (i, j), value in np.ndenumerate(fractions):
+            if counts[i, j]:
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small",
+                        color="white" if value > 0.5 else "black")
+    ax.set(title=title, xlabel="predicted" + note, ylabel="ground truth" + note)
+    fig.savefig(path)
