@@ -159,3 +159,20 @@ def test_nothing_is_written_before_the_data_is_known_to_be_usable(tmp_path):
     with pytest.raises(ValueError, match=f"^{tmp_path / 'data.yaml'}: the class name 'a' is given twice"):
         program.run(args, stop=None)
     assert not os.path.exists(out)
+
+
+def test_carving_pascal_voc_trains_on_every_trainval_and_evaluates_the_part_alone(tmp_path):
+    from cv.detection.data.sample import make_voc_sample_dataset
+
+    make_voc_sample_dataset(tmp_path, num_train=8, num_val=4, num_test=2)
+    layout = datasets.detect_layout(tmp_path)
+    assert datasets.default_splits(layout) == ("2007-trainval", "2007-test")
+    assert datasets.default_splits(layout, carve=True) == ("2007-trainval", None)  # val is no longer held apart
+    with pytest.warns(UserWarning, match="difficult ignored"):
+        whole = datasets.open_split(layout, "2007-trainval", True)
+    train, val, ids = datasets.carve_val_split(whole, 0.25, seed=0)
+    assert len(ids) == 3 and len(train) + len(val) == len(whole) == 12
+    evaluator = val.evaluator()
+    for r in val.images:  # the training targets (difficult objects left out) as detections: they are ignored
+        evaluator.update([r.image_id], [{"boxes": r.boxes, "labels": r.labels, "scores": np.ones(len(r.labels))}])
+    assert evaluator.summarize()["mAP"] == 1.0
