@@ -176,3 +176,17 @@ def test_carving_pascal_voc_trains_on_every_trainval_and_evaluates_the_part_alon
     for r in val.images:  # the training targets (difficult objects left out) as detections: they are ignored
         evaluator.update([r.image_id], [{"boxes": r.boxes, "labels": r.labels, "scores": np.ones(len(r.labels))}])
     assert evaluator.summarize()["mAP"] == 1.0
+
+
+@pytest.mark.parametrize("categories,message", [
+    ([{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 5, "name": "cat"}],
+     "the class name 'cat' is given twice (the second time as class 2)"),
+    ([], "the dataset has no classes"),
+    ([{"id": i, "name": f"c{i}"} for i in range(1, 5002)], "5001 classes, more than 5000: is the names list right?"),
+], ids=["twice", "none", "5001"])
+def test_coco_files_with_bad_categories_are_one_line_naming_the_file(tmp_path, categories, message):
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    with pytest.raises(ValueError) as e:
+        CocoDetection(tmp_path, "val", annotation_file=str(path), image_dir=str(tmp_path))
+    assert str(e.value) == f"{path}: {message}"

@@ -18,6 +18,28 @@ from PIL import Image, ImageOps
 from cv.detection.data.transforms import to_chw_float
 
 
+# A dataset with more classes than this is a mistake (a names list pasted wrong); the largest public detection
+# vocabularies (LVIS: 1203, Open Images: 601, Objects365: 365) stay well below.
+MAX_CLASSES = 5000
+
+
+def check_class_names(names, source):
+    """A dataset's class names as a list of strings, checked whatever the format: at least one, at most
+    :data:`MAX_CLASSES`, no name twice (labels would be told apart by number only). ValueError naming ``source``
+    (the file that holds them)."""
+    names = [str(n) for n in names]
+    if not names:
+        raise ValueError(f"{source}: the dataset has no classes")
+    if len(names) > MAX_CLASSES:
+        raise ValueError(f"{source}: {len(names)} classes, more than {MAX_CLASSES}: is the names list right?")
+    seen = set()
+    for k, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{source}: the class name {name!r} is given twice (the second time as class {k})")
+        seen.add(name)
+    return names
+
+
 class ImageRecord(NamedTuple):
     """One image of a split as its annotations describe it."""
 

@@ -50,6 +50,7 @@ import numpy as np
 import yaml
 
 from cv.detection.data import voc, yolo
+from cv.detection.data.base import check_class_names
 from cv.detection.data.coco import CocoDetection
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -193,7 +194,7 @@ def _yolo_folder(root):
                          "beside them (train: images/train, val: images/val, names: [...]) or classes.txt (one "
                          "name a line)")
     with open(names_file, encoding="utf-8") as f:
-        names = yolo.check_names([line.strip() for line in f if line.strip()], names_file)
+        names = check_class_names([line.strip() for line in f if line.strip()], names_file)
     where = ", ".join(f"images/{d}" for d in folders) if folders else "images/ (one split: train)"
     return Layout("yolo", root, {}, f"YOLO layout: {where} under {root} ({len(names)} classes from classes.txt), "
                                     + EVALUATED_AS_COCO, specs, names, names_file)

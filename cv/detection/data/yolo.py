@@ -38,33 +38,14 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from cv.detection.data.base import DetectionDataset, ImageRecord
+from cv.detection.data.base import DetectionDataset, ImageRecord, check_class_names
 
 # Pixels a box may leave the image by and still be clipped to it: what rounding of normalised coordinates produces.
 BORDER_TOLERANCE = 1.0
-# A dataset with more classes than this is a mistake (a names list pasted wrong); the largest public detection
-# vocabularies (LVIS: 1203, Objects365: 365, Open Images: 601) stay well below.
-MAX_CLASSES = 5000
 # How many bad label files a training set's warning names (all are counted).
 REASONS_SHOWN = 3
 HASHED_IDS = 1 << 52
 EXIF_ORIENTATION = 0x0112
-
-
-def check_names(names, source):
-    """The class names as a list, checked: non-empty, at most :data:`MAX_CLASSES`, no name twice. ValueError
-    naming ``source`` (the file that holds them)."""
-    names = [str(n) for n in names]
-    if not names:
-        raise ValueError(f"{source}: the dataset has no classes")
-    if len(names) > MAX_CLASSES:
-        raise ValueError(f"{source}: {len(names)} classes, more than {MAX_CLASSES}: is the names list right?")
-    seen = set()
-    for k, name in enumerate(names):
-        if name in seen:
-            raise ValueError(f"{source}: the class name {name!r} is given twice (the second time as class {k})")
-        seen.add(name)
-    return names
 
 
 def parse_names(names, nc, source):
@@ -84,7 +65,7 @@ def parse_names(names, nc, source):
         names = []
     elif not isinstance(names, list):
         raise ValueError(f"{source}: 'names' must be a list of class names or a map from class id to name")
-    names = check_names(names, source)
+    names = check_class_names(names, source)
     if nc is not None and nc != len(names):
         raise ValueError(f"{source}: nc is {nc} but 'names' has {len(names)} classes")
     return names
@@ -210,7 +191,7 @@ class YoloDetection(DetectionDataset):
 
     Args:
         sources: the split's image sources (a path or a list; see :func:`image_files`).
-        names: the class names, by class id (:func:`check_names`).
+        names: the class names, by class id (:func:`cv.detection.data.base.check_class_names`).
         root: the dataset root: image ids are hashes of paths relative to it (default: the first source's folder).
         split: the split's name, for messages; ``source`` names where it is described (a data.yaml).
         transform, seed: as for :class:`~cv.detection.data.base.DetectionDataset`.
@@ -229,7 +210,7 @@ class YoloDetection(DetectionDataset):
         sources = [os.fspath(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
         self.root = os.fspath(root) if root else os.path.dirname(os.path.abspath(sources[0]))
         self.split = split
-        names = check_names(names, source or sources[0])
+        names = check_class_names(names, source or sources[0])
         train = split == "train" if train is None else train
         self.stats = {"images_without_label_file": 0, "boxes_clipped": 0, "degenerate_dropped": 0,
                       "duplicate_boxes_dropped": 0, "images_without_boxes": 0, "images_skipped_for_training": 0,
