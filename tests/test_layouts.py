@@ -149,16 +149,24 @@ def test_the_training_program_records_the_held_out_images(sample_dataset, tmp_pa
         program.resolve(parser.parse_args(["--data-path", str(path), "--val-fraction", "1"]))
 
 
-def test_nothing_is_written_before_the_data_is_known_to_be_usable(tmp_path):
+def test_nothing_is_written_before_the_data_is_known_to_be_usable(sample_dataset, tmp_path):
     from cv.detection.ssd300_vgg16 import train as program
 
     (tmp_path / "data.yaml").write_text("train: images/train\nnames: [a, a]\n")
     out = tmp_path / "out"
-    args = program.get_args_parser().parse_args(["--data-path", str(tmp_path / "data.yaml"), "--output-dir",
-                                                 str(out), "--device", "cpu"])
-    with pytest.raises(ValueError, match=f"^{tmp_path / 'data.yaml'}: the class name 'a' is given twice"):
-        program.run(args, stop=None)
-    assert not os.path.exists(out)
+
+    def refused(data, *flags):
+        args = program.get_args_parser().parse_args(["--data-path", str(data), "--output-dir", str(out), "--device",
+                                                     "cpu", *flags])
+        with pytest.raises(ValueError) as e:
+            program.run(args, stop=None)
+        assert not os.path.exists(out)
+        return str(e.value)
+
+    assert refused(tmp_path / "data.yaml") == f"{tmp_path / 'data.yaml'}: the class name 'a' is given twice (the " \
+                                              "second time as class 1)"
+    assert refused(sample_dataset, "--batch-size", "41") == "--batch-size 41 x 1 process(es) is more than the 40 " \
+        f"training images of {sample_dataset / 'annotations' / 'instances_train2017.json'}"
 
 
 def test_carving_pascal_voc_trains_on_every_trainval_and_evaluates_the_part_alone(tmp_path):

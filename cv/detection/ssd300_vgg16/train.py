@@ -196,24 +196,29 @@ def resolve_data(args):
         val_set = val_set.subset(max_images=args.val_subset)
     else:
         val_set = datasets.open_split(layout, args.val_split, False, max_images=args.val_subset, **options)
+    check_data(args, train_set, val_set)
     return layout, train_set, val_set
+
+
+def check_data(args, train_set, val_set):
+    """What makes the two splits unusable together (ValueError), or the evaluation optimistic (a warning)."""
+    if val_set.label_to_category_id != train_set.label_to_category_id:
+        raise ValueError(f"{val_set.annotation_file} and {train_set.annotation_file} have different categories")
+    if len(train_set) < args.batch_size * dist.world_size():  # no full batch for every process (drop_last)
+        raise ValueError(f"--batch-size {args.batch_size} x {dist.world_size()} process(es) is more than the "
+                         f"{len(train_set)} training images of {train_set.annotation_file}")
+    both = {r.image_id for r in train_set.images} & {r.image_id for r in val_set.images}
+    if both:
+        dist.print0(f"warning: {len(both)} of the {len(val_set)} evaluation images are also training images "
+                    f"({args.train_split} and {args.val_split} overlap): the evaluation is optimistic")
 
 
 def build_data(args, data):
     """``(training set, validation set, their loaders)`` from :func:`resolve_data`'s ``data``."""
     _, train_set, val_set = data
-    if val_set.label_to_category_id != train_set.label_to_category_id:
-        raise ValueError(f"{val_set.annotation_file} and {train_set.annotation_file} have different categories")
-    both = {r.image_id for r in train_set.images} & {r.image_id for r in val_set.images}
-    if both:
-        dist.print0(f"warning: {len(both)} of the {len(val_set)} evaluation images are also training images "
-                    f"({args.train_split} and {args.val_split} overlap): the evaluation is optimistic")
     distributed = dist.world_size() > 1
     train_loader = make_loader(train_set, args.batch_size, args.workers, shuffle=True, distributed=distributed,
                                drop_last=True, seed=args.seed)
-    if len(train_loader) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} x {dist.world_size()} process(es) is more than the "
-                         f"{len(train_set)} training images of {train_set.annotation_file}")
     val_loader = make_loader(val_set, args.batch_size, args.workers, shuffle=False, distributed=distributed)
     return train_set, val_set, train_loader, val_loader
 
