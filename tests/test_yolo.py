@@ -92,7 +92,7 @@ def test_path_key_relative_paths_and_roboflows_parent_quirk(tiny, tmp_path):
 
 
 def test_a_list_of_images_and_several_folders_as_a_split(tiny):
-    (tiny / "train.txt").write_text("./images/train/a.jpg\n./images/val/c.jpg\n")
+    (tiny / "train.txt").write_text("./images/train/a.jpg\nimages/val/c.jpg\n")  # both from the list's folder
     layout = datasets.detect_layout(write_yaml(tiny / "data.yaml", "train: train.txt\n"
                                                "val: [images/val, images/train]\nnames: [cat, dog]\n"))
     assert [os.path.basename(r.path) for r in datasets.open_split(layout, "train", True).images] == ["a.jpg", "c.jpg"]

@@ -2,8 +2,8 @@
 Studio): a folder of images per split, and beside it a folder of label files.
 
 **Images and label files.** A split is one or more image sources (:func:`image_files`): a folder (its images, in
-sub-folders too), a ``.txt`` file listing images (one path a line; ``./x`` is relative to the list's folder, as
-ultralytics reads it) or one image file. Any file PIL can open counts as an image. The label file of
+sub-folders too), a ``.txt`` file listing images (one path a line; relative ones from the list's folder, see
+:func:`_listed`) or one image file. Any file PIL can open counts as an image. The label file of
 ``.../images/train/a.jpg`` is ``.../labels/train/a.txt``: the last ``images`` component of the path becomes
 ``labels`` and the extension ``.txt`` (:func:`label_path`, ultralytics' rule); a path without an ``images``
 component has its label file beside it. An image without a label file is an image without objects.
@@ -91,11 +91,20 @@ def image_files(source):
         parent = os.path.dirname(os.path.abspath(source))
         with open(source, encoding="utf-8") as f:
             lines = [line.strip() for line in f if line.strip()]
-        return sorted(os.path.join(parent, line[2:]) if line.startswith("./") else os.path.abspath(line)
-                      for line in lines)
+        return sorted(_listed(parent, line) for line in lines)
     if os.path.isfile(source):
         return [source]
     raise FileNotFoundError(f"no such image folder or list: {source}")
+
+
+def _listed(parent, line):
+    """The path a line of an image list names: ``./x`` from the list's folder (ultralytics' rule); another relative
+    path from there too if it exists there (CVAT writes paths relative to the dataset), else from the current
+    folder (ultralytics' rule)."""
+    if line.startswith("./"):
+        return os.path.join(parent, line[2:])
+    beside = os.path.join(parent, line)
+    return beside if not os.path.isabs(line) and os.path.exists(beside) else os.path.abspath(line)
 
 
 def label_path(image_path):
