@@ -115,9 +115,16 @@ def test_folder_form_with_classes_txt(tiny):
     labels(flat / "labels" / "x.txt", "0 0.5 0.5 0.2 0.2")
     (flat / "classes.txt").write_text("cat\n")
     assert datasets.default_splits(datasets.detect_layout(flat), carve=True) == ("train", None)
+    # Without classes.txt: as many classes as the highest class id says, named by number.
     (tiny / "classes.txt").unlink()
-    with pytest.raises(ValueError, match=f"--data-path {tiny}: a YOLO layout .* needs its class names"):
-        datasets.detect_layout(tiny)
+    layout = datasets.detect_layout(tiny)
+    assert layout.names == ["class0", "class1"] and layout.description.startswith(
+        f"YOLO layout: images/train, images/val under {tiny} (2 classes named class0..class1: no data.yaml or "
+        "classes.txt names them)")
+    os.remove(flat / "labels" / "x.txt")
+    os.remove(flat / "classes.txt")
+    with pytest.raises(ValueError, match=f"^{flat / 'labels'}: the dataset has no classes$"):
+        datasets.detect_layout(flat)
 
 
 def test_images_without_label_files_are_images_without_objects(tiny):

@@ -14,7 +14,8 @@ dataset YAML that names COCO-format annotation files anywhere.
 - a Pascal VOC layout (:mod:`cv.detection.data.voc`);
 - a folder holding ``data.yaml`` or ``dataset.yaml`` (as Roboflow's exports do): that file;
 - a YOLO folder: ``images/<split>/`` with ``labels/<split>/`` (or ``images/`` and ``labels/`` alone: one split,
-  ``train``), the class names in ``classes.txt`` (one a line, as Label Studio and darknet exports write them).
+  ``train``), the class names in ``classes.txt`` (one a line, as Label Studio and darknet exports write them);
+  without it, as many classes as the label files' highest class id says, named ``class0``, ``class1``, ...
 
 **The dataset YAML**: one format for YOLO data and for COCO-format annotation files, told apart by what a split
 holds. YOLO data, as ultralytics reads it (:mod:`cv.detection.data.yolo`)::
@@ -189,14 +190,16 @@ def _yolo_folder(root):
     folders = sorted(d for d in os.listdir(images) if os.path.isdir(os.path.join(images, d)))
     specs = {d: [os.path.join(images, d)] for d in folders} or {"train": [images]}
     names_file = os.path.join(root, "classes.txt")
-    if not os.path.isfile(names_file):
-        raise ValueError(f"--data-path {root}: a YOLO layout (images/, labels/) needs its class names: a data.yaml "
-                         "beside them (train: images/train, val: images/val, names: [...]) or classes.txt (one "
-                         "name a line)")
-    with open(names_file, encoding="utf-8") as f:
-        names = check_class_names([line.strip() for line in f if line.strip()], names_file)
+    if os.path.isfile(names_file):
+        with open(names_file, encoding="utf-8") as f:
+            names = check_class_names([line.strip() for line in f if line.strip()], names_file)
+        named = "from classes.txt"
+    else:
+        names_file = os.path.join(root, "labels")
+        names = check_class_names([f"class{i}" for i in range(yolo.highest_class(names_file) + 1)], names_file)
+        named = f"named class0..class{len(names) - 1}: no data.yaml or classes.txt names them"
     where = ", ".join(f"images/{d}" for d in folders) if folders else "images/ (one split: train)"
-    return Layout("yolo", root, {}, f"YOLO layout: {where} under {root} ({len(names)} classes from classes.txt), "
+    return Layout("yolo", root, {}, f"YOLO layout: {where} under {root} ({len(names)} classes {named}), "
                                     + EVALUATED_AS_COCO, specs, names, names_file)
 
 

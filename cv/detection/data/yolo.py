@@ -71,6 +71,19 @@ def parse_names(names, nc, source):
     return names
 
 
+def highest_class(folder):
+    """The highest class id in the label files under ``folder`` (-1 if there is none). Lines that do not start with
+    an integer are left to the datasets, which report them with their file and line."""
+    highest = -1
+    for parent, dirs, files in os.walk(folder):
+        for name in files:
+            if name.endswith(".txt"):
+                with open(os.path.join(parent, name), encoding="utf-8", errors="replace") as f:
+                    first = [line.split(None, 1)[0] for line in f if line.strip()]
+                highest = max([highest] + [int(v) for v in first if v.isdigit()])
+    return highest
+
+
 def image_extensions():
     """The file extensions PIL can open (``.jpg``, ``.png``, ``.webp``, ...), lower case."""
     Image.init()
