@@ -117,7 +117,7 @@ def test_infer_errors_name_what_is_wrong(trained, tmp_path):
     assert fails("--weights", trained, "--output-dir", tmp_path / "file") == \
         f"error: --output-dir {tmp_path / 'file'} is a file, not a directory"
     assert fails("--weights", trained, "--coco-eval", "--data-path", tmp_path / "nodata") == \
-        f"error: --data-path {tmp_path / 'nodata'}: no such directory"
+        f"error: --data-path {tmp_path / 'nodata'}: no such file or directory"
     # Values argparse refuses before anything loads (exit status 2, the flag named).
     for flag, value, message in (("--score-threshold", "2", "must be between 0 and 1"),
                                  ("--batch-size", "0", "must be at least 1"),

@@ -333,7 +333,7 @@ def test_demo_schedule_without_data_and_flags_override(monkeypatch, tmp_path):
     assert args.pretrained_backbone and args.warmup_iters == 1000
     with pytest.raises(ValueError, match="--amp needs a CUDA device"):
         train.resolve(parser.parse_args(["--data-path", str(tmp_path), "--amp", "--device", "cpu"]))
-    with pytest.raises(ValueError, match="--data-path .*nope: no such directory"):
+    with pytest.raises(ValueError, match="--data-path .*nope: no such file or directory"):
         train.resolve(parser.parse_args(["--data-path", str(tmp_path / "nope")]))
     with pytest.raises(ValueError, match="--test-only needs --weights or --resume"):
         train.resolve(parser.parse_args(["--data-path", str(tmp_path), "--test-only"]))

@@ -7,6 +7,7 @@ its annotations into :class:`ImageRecord` s and hands them, with its label names
 DataLoader worker processes, and samples stay NumPy arrays until the training process turns a batch into tensors
 (:func:`to_tensors`).
 """
+import copy
 import itertools
 import warnings
 from typing import NamedTuple
@@ -15,6 +16,28 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cv.detection.data.transforms import to_chw_float
+
+
+# A dataset with more classes than this is a mistake (a names list pasted wrong); the largest public detection
+# vocabularies (LVIS: 1203, Open Images: 601, Objects365: 365) stay well below.
+MAX_CLASSES = 5000
+
+
+def check_class_names(names, source):
+    """A dataset's class names as a list of strings, checked whatever the format: at least one, at most
+    :data:`MAX_CLASSES`, no name twice (labels would be told apart by number only). ValueError naming ``source``
+    (the file that holds them)."""
+    names = [str(n) for n in names]
+    if not names:
+        raise ValueError(f"{source}: the dataset has no classes")
+    if len(names) > MAX_CLASSES:
+        raise ValueError(f"{source}: {len(names)} classes, more than {MAX_CLASSES}: is the names list right?")
+    seen = set()
+    for k, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{source}: the class name {name!r} is given twice (the second time as class {k})")
+        seen.add(name)
+    return names
 
 
 class ImageRecord(NamedTuple):
@@ -84,6 +107,10 @@ class DetectionDataset:
     ``orig_size`` ``(height, width)`` of the file. Subclasses add :meth:`evaluator`.
     """
 
+    # Read the pixels turned as their EXIF orientation says (formats whose labels refer to the image as viewers show
+    # it); False: the stored pixels, which COCO's and VOC's boxes refer to.
+    exif_transpose = False
+
     def __init__(self, records, label_names, label_to_category_id, source, image_dir, transform=None, train=False,
                  seed=0):
         if not records:
@@ -110,7 +137,7 @@ class DetectionDataset:
     def _read(self, index):
         record = self.images[index]
         try:
-            image = load_rgb(record.path)
+            image = load_rgb(record.path, self.exif_transpose)
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for missing, corrupt, truncated files
             raise OSError(f"image {record.image_id} ({record.path}) cannot be read: {e}") from None
         if image.size != (record.width, record.height):
@@ -140,6 +167,21 @@ class DetectionDataset:
             image, boxes, labels = self.transform(image, boxes, labels, rng)
         return image, {"boxes": boxes, "labels": labels, "image_id": record.image_id,
                        "orig_size": (record.height, record.width)}
+
+    def subset(self, image_ids=None, train=None, transform=None, max_images=None):
+        """A copy of this dataset with only the images whose id is in ``image_ids`` (None: all), in this dataset's
+        order, the first ``max_images`` of them; ``train`` (None: as this one) and ``transform`` as for the
+        constructor. The evaluator still knows the whole split but scores only the images evaluated, so a part is
+        evaluated as a split of its own. ValueError naming the source if no image is left."""
+        part = copy.copy(self)
+        wanted = None if image_ids is None else set(image_ids)
+        part.images = [r for r in self.images if wanted is None or r.image_id in wanted][:max_images]
+        if not part.images:
+            raise ValueError(f"{self.annotation_file}: no images left in this part of the split")
+        part.train = self.train if train is None else train
+        part.transform = transform
+        part.epoch, part._unreadable = 0, 0
+        return part
 
     def max_boxes(self):
         """The most boxes any image of the split has (at least 1)."""

@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from cv.detection.data.base import DetectionDataset, ImageRecord
+from cv.detection.data.base import DetectionDataset, ImageRecord, check_class_names
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class CocoDetection(DetectionDataset):
         annotation_file = annotation_file or os.path.join(self.root, "annotations", f"instances_{split}2017.json")
         train = split == "train" if train is None else train
         self.dataset = read_annotations(annotation_file)
+        check_class_names([c.get("name", c.get("id")) for c in self.dataset["categories"]], annotation_file)
         label_to_category_id, label_names, _ = label_mapping(self.dataset["categories"], labels)
         self.stats = {"crowd_ignored": 0, "degenerate_dropped": 0, "images_without_boxes": 0,
                       "images_skipped_for_training": 0}

@@ -52,6 +52,9 @@ with fixed settings and the JSON holds no timestamps, so the same seed gives byt
 Pillow, libjpeg and pycocotools) and any image can be regenerated alone. Every file is written under a temporary
 name and renamed into place (:func:`cv.detection.utils.fileio.atomic_path`).
 
+**The YOLO variant** (:func:`make_yolo_sample_dataset`) is the plain sample converted to YOLO's layout
+(``images/``, ``labels/``, ``data.yaml``): what the YOLO path (:mod:`cv.detection.data.yolo`) runs on.
+
 **The Pascal VOC variant** (:func:`make_voc_sample_dataset`) writes the plain sample's pictures in VOC's layout
 (``VOCdevkit/VOC2007``), the shapes named by six of VOC's classes, small objects marked difficult, with
 train/val/trainval/test image sets: what the VOC path (:mod:`cv.detection.data.voc`) runs on without VOC.
@@ -897,3 +900,76 @@ def make_voc_sample_dataset(output, seed=0, num_train=DEFAULT_NUM_TRAIN, num_val
                     "".join(f"{n}\n" for n in lists[set_name]).encode())
     return {"output": os.path.abspath(output), "seed": seed, "format": "voc", "year": VOC_YEAR,
             "classes": list(VOC_SHAPE_CLASSES), "splits": summary}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The YOLO variant: the plain sample converted to YOLO's layout.
+# ---------------------------------------------------------------------------------------------------------------
+
+YOLO_SPLITS = (("train2017", "train"), ("val2017", "val"))  # COCO sample split -> YOLO split
+YOLO_DECIMALS = 6                 # normalised coordinates: a millionth of a 512 px side is far below a pixel
+_YOLO_FILE = re.compile(r"^\d{12}\.(jpg|txt)$")
+
+
+def _yolo_lines(image, annotations, class_of):
+    """The label file of one COCO image: ``class cx cy w h`` normalised, one line per annotation."""
+    w, h = image["width"], image["height"]
+    lines = []
+    for ann in annotations:
+        x, y, bw, bh = ann["bbox"]
+        values = ((x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h)
+        lines.append(f"{class_of[ann['category_id']]} " + " ".join(f"{v:.{YOLO_DECIMALS}f}" for v in values) + "\n")
+    return "".join(lines)
+
+
+def make_yolo_sample_dataset(output, seed=0, num_train=DEFAULT_NUM_TRAIN, num_val=DEFAULT_NUM_VAL):
+    """Write the plain sample in YOLO's layout, as ultralytics reads it::
+
+        output/data.yaml                                   (train: images/train, val: images/val, names: ...)
+        output/images/{train,val}/000000000001.jpg ...     (the COCO sample's files, byte for byte)
+        output/labels/{train,val}/000000000001.txt ...     (class cx cy w h, normalised; class = index in CATEGORIES)
+
+    Made by converting :func:`make_sample_dataset`'s output (written in ``output/.coco_sample``, removed after):
+    the same images and boxes, the class of category ``CATEGORIES[k]`` being ``k``, so YOLO's labels (class + 1)
+    are the contiguous labels the COCO sample gets. Deterministic in ``seed``; files written aside and renamed into
+    place, ``data.yaml`` last; surplus images and label files of an earlier, larger run removed.
+
+    Returns ``{"output", "seed", "format": "yolo", "names", "splits": {split: {"images", "objects"}}}``.
+    """
+    import shutil
+
+    output = os.fspath(output)
+    source = os.path.join(output, ".coco_sample")
+    if os.path.exists(os.path.join(output, "data.yaml")):
+        os.remove(os.path.join(output, "data.yaml"))  # no data.yaml may describe a mix while files are rewritten
+    make_sample_dataset(source, seed=seed, num_train=num_train, num_val=num_val)
+    class_of = {cid: k for k, (cid, _) in enumerate(CATEGORIES)}
+    summary = {}
+    for coco_split, split in YOLO_SPLITS:
+        images, labels = os.path.join(output, "images", split), os.path.join(output, "labels", split)
+        for d in (images, labels):
+            os.makedirs(d, exist_ok=True)
+            remove_dead_temporaries(d)
+        with open(os.path.join(source, "annotations", f"instances_{coco_split}.json")) as f:
+            coco = json.load(f)
+        by_image = {}
+        for ann in coco["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        written = set()
+        for image in coco["images"]:
+            stem = os.path.splitext(image["file_name"])[0]
+            os.replace(os.path.join(source, coco_split, image["file_name"]), os.path.join(images, image["file_name"]))
+            write_bytes(os.path.join(labels, f"{stem}.txt"),
+                        _yolo_lines(image, by_image.get(image["id"], []), class_of).encode())
+            written |= {image["file_name"], f"{stem}.txt"}
+        for d in (images, labels):
+            for f in os.listdir(d):
+                if _YOLO_FILE.match(f) and f not in written:
+                    os.remove(os.path.join(d, f))
+        summary[split] = {"images": len(coco["images"]), "objects": len(coco["annotations"])}
+    shutil.rmtree(source)
+    names = [name for _, name in CATEGORIES]
+    text = ("# The synthetic shapes sample dataset in YOLO layout (scripts/make_sample_dataset.py --format yolo).\n"
+            "train: images/train\nval: images/val\nnames:\n" + "".join(f"  {k}: {n}\n" for k, n in enumerate(names)))
+    write_bytes(os.path.join(output, "data.yaml"), text.encode())
+    return {"output": os.path.abspath(output), "seed": int(seed), "format": "yolo", "names": names, "splits": summary}

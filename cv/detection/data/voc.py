@@ -147,8 +147,8 @@ def default_val_split(years):
 def default_train_split(years, val):
     """The training split by default, given the evaluation split ``val``: ``trainval`` of every year, but ``train``
     where the year has no ``trainval`` or where its ``val`` (or ``trainval``) is evaluated, so that no evaluated
-    image is trained on."""
-    evaluated = set(parse_split(val, years))
+    image is trained on. ``val`` None: nothing is evaluated apart (a validation part is carved from training)."""
+    evaluated = set(parse_split(val, years)) if val else set()
     train = []
     for year, folder in years.items():
         sets = image_sets(folder)

@@ -1,4 +1,4 @@
-"""Run SSD300-VGG16 on images, videos or a camera, or evaluate it on a COCO-format or Pascal VOC split.
+"""Run SSD300-VGG16 on images, videos or a camera, or evaluate it on a COCO-format, Pascal VOC or YOLO split.
 
     cd cv/detection && bash ssd300_vgg16/infer.sh [--images PATH ... | --video FILE ... | --camera N]
                                                   [--weights SRC | --pretrained] [flags]
@@ -58,10 +58,11 @@ def get_args_parser():
     one.add_argument("--eval", "--coco-eval", dest="eval", action="store_true",
                      help="evaluate on a split of --data-path instead: the COCO AP table, or Pascal VOC's per-class "
                           "AP and mAP (--coco-eval: the same, its former name)")
-    m.add_argument("--data-path", help="--eval: a COCO-format dataset root or a Pascal VOC layout (as train.sh's "
-                                       "--data-path; default: the sample dataset)")
-    m.add_argument("--val-split", help="--eval: the split (COCO: default val; VOC: [YEAR-]SET[,...], default "
-                                       "2007-test if VOC2007 has a test set, else val)")
+    m.add_argument("--data-path", help="--eval: a COCO-format dataset root, a Pascal VOC layout, a YOLO dataset "
+                                       "(data.yaml) or a dataset YAML (as train.sh's --data-path; default: the "
+                                       "sample dataset)")
+    m.add_argument("--val-split", help="--eval: the split (COCO, YOLO, dataset YAML: default val; VOC: "
+                                       "[YEAR-]SET[,...], default 2007-test if VOC2007 has a test set, else val)")
     m.add_argument("--voc-metric", choices=["2007", "2010"],
                    help="--eval on VOC: mAP by the VOC2007 11-point AP (default) or the VOC2010+ area")
     m.add_argument("--max-images", type=cli.positive_int, help="--eval: only the first N images of the split")
@@ -224,12 +225,10 @@ def run_on_videos(detector, inputs, args):
 
 
 def evaluate_split(detector, names, meta, args, device):
-    """``--eval``: the evaluation table of a split of ``--data-path`` (COCO or Pascal VOC: the dataset brings its
-    evaluator); its numbers are returned, the detections written to ``detections_val.json``."""
+    """``--eval``: the evaluation table of a split of ``--data-path`` (COCO, Pascal VOC or YOLO: the dataset brings
+    its evaluator); its numbers are returned, the detections written to ``detections_val.json``."""
     data_path = args.data_path or SAMPLE_DATA
-    if not os.path.isdir(data_path):
-        raise ValueError(f"--data-path {data_path}: no such directory")
-    layout = datasets.detect_layout(data_path)
+    layout = datasets.detect_layout(data_path)  # COCO, Pascal VOC, YOLO or a dataset YAML; a missing path is named
     split = args.val_split or datasets.default_val_split(layout)
     print(f"{layout.description}; evaluating on {split}", flush=True)
     with warnings.catch_warnings():

@@ -47,16 +47,24 @@ DEMO = dict(RECIPE, epochs=2, lr_steps=[], warmup_iters=10, eval_every=2, pretra
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--data-path", help=f"COCO-format dataset root (train2017/, val2017/, annotations/), or a Pascal "
+    d.add_argument("--data-path", help=f"COCO-format dataset root (train2017/, val2017/, annotations/), a Pascal "
                                        "VOC layout (VOCdevkit/VOC2007, VOCdevkit/VOC2012, or a folder holding several "
-                                       f"of them). Default: {COCO_DIR} if it exists, else the sample dataset (demo "
-                                       "schedule)")
+                                       "of them), a YOLO dataset (its data.yaml, or a folder with images/ and "
+                                       "labels/), or a dataset YAML naming COCO annotation files (train: {images: "
+                                       "DIR, annotations: FILE.json}; see cv/detection/data/layouts.py). Default: "
+                                       f"{COCO_DIR} if it exists, else the sample dataset (demo schedule)")
     d.add_argument("--train-split", help="COCO: the split name (default train, i.e. train2017). VOC: "
                                          "[YEAR-]SET[,[YEAR-]SET...] of ImageSets/Main/SET.txt, e.g. "
                                          "2007-trainval,2012-trainval (default: trainval of every year found; train "
-                                         "for a year whose val is evaluated)")
+                                         "for a year whose val is evaluated). A dataset YAML or YOLO folder: its key "
+                                         "or folder (default train)")
     d.add_argument("--val-split", help="COCO: default val (val2017). VOC: as --train-split (default 2007-test if "
-                                       "VOC2007 has a test set, else val of every year)")
+                                       "VOC2007 has a test set, else val of every year). A dataset YAML or YOLO "
+                                       "folder: default val")
+    d.add_argument("--val-fraction", type=cli.fraction, metavar="F",
+                   help="no validation split: hold out this fraction of the training split's images for evaluation "
+                        "(drawn by --seed, every class in it when possible; never trained on; their ids are "
+                        "recorded in args.json as val_image_ids). Replaces --val-split")
     d.add_argument("--keep-difficult", action="store_true",
                    help="VOC: train on objects marked difficult too (evaluation always ignores them)")
     d.add_argument("--voc-metric", choices=["2007", "2010"],
@@ -129,8 +137,12 @@ def resolve(args):
         os.path.join(COCO_DIR, "annotations", "instances_train2017.json"))
     if args.data_path is None:
         args.data_path = SAMPLE_DATA if demo else COCO_DIR
-    elif not os.path.isdir(args.data_path):
-        raise ValueError(f"--data-path {args.data_path}: no such directory")
+    elif not os.path.exists(args.data_path):
+        raise ValueError(f"--data-path {args.data_path}: no such file or directory")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction {args.val_fraction:g}: must be between 0 and 1 (exclusive)")
+    if args.val_fraction is not None and args.val_split:
+        raise ValueError("give --val-split or --val-fraction (a part of the training split held out), not both")
     from_weights = args.weights or args.pretrained
     for key, value in (DEMO if demo else RECIPE).items():
         if getattr(args, key) is None:
@@ -180,32 +192,53 @@ def prepare_sample_dataset(path):
 
 
 def resolve_data(args):
-    """The layout of ``--data-path`` (COCO or Pascal VOC), said in one line; ``--train-split`` and ``--val-split``
-    filled from its defaults."""
+    """Open the data of ``--data-path`` (COCO, Pascal VOC, YOLO or a dataset YAML), its layout said in one line;
+    ``--train-split`` and ``--val-split`` filled from its defaults; with ``--val-fraction`` the validation images
+    held out of the training split, their ids in ``args.val_image_ids``. Returns ``(layout, training set,
+    validation set)``. Whatever is wrong with the data raises here, before anything is written."""
     layout = datasets.detect_layout(args.data_path)
-    args.train_split, args.val_split = datasets.default_splits(layout, args.train_split, args.val_split)
+    carve = args.val_fraction is not None
+    args.train_split, args.val_split = datasets.default_splits(layout, args.train_split, args.val_split, carve)
+    if carve:
+        args.val_split = f"{args.val_fraction:g} of {args.train_split} held out"
     dist.print0(f"{layout.description}; " + (f"evaluating on {args.val_split}" if args.test_only else
                                              f"training on {args.train_split}, evaluating on {args.val_split}"))
-    return layout
-
-
-def build_data(args, layout):
     options = dict(labels=args.labels, keep_difficult=args.keep_difficult, voc_metric=args.voc_metric)
-    train_set = datasets.open_split(layout, args.train_split, True, transform=train_transform(),
-                                    seed=args.seed, max_images=args.train_subset, **options)
-    val_set = datasets.open_split(layout, args.val_split, False, max_images=args.val_subset, **options)
+    train_set = datasets.open_split(layout, args.train_split, True, transform=train_transform(), seed=args.seed,
+                                    max_images=None if carve else args.train_subset, **options)
+    args.val_image_ids = None
+    if carve:
+        train_set, val_set, args.val_image_ids = datasets.carve_val_split(train_set, args.val_fraction, args.seed)
+        dist.print0(f"held out {len(val_set)} of the {len(train_set) + len(val_set)} usable images of "
+                    f"{args.train_split} for evaluation (--val-fraction {args.val_fraction:g}, seed {args.seed}; "
+                    "their ids: val_image_ids in args.json)")
+        train_set = train_set.subset(max_images=args.train_subset, transform=train_set.transform)
+        val_set = val_set.subset(max_images=args.val_subset)
+    else:
+        val_set = datasets.open_split(layout, args.val_split, False, max_images=args.val_subset, **options)
+    check_data(args, train_set, val_set)
+    return layout, train_set, val_set
+
+
+def check_data(args, train_set, val_set):
+    """What makes the two splits unusable together (ValueError), or the evaluation optimistic (a warning)."""
     if val_set.label_to_category_id != train_set.label_to_category_id:
         raise ValueError(f"{val_set.annotation_file} and {train_set.annotation_file} have different categories")
+    if len(train_set) < args.batch_size * dist.world_size():  # no full batch for every process (drop_last)
+        raise ValueError(f"--batch-size {args.batch_size} x {dist.world_size()} process(es) is more than the "
+                         f"{len(train_set)} training images of {train_set.annotation_file}")
     both = {r.image_id for r in train_set.images} & {r.image_id for r in val_set.images}
     if both:
         dist.print0(f"warning: {len(both)} of the {len(val_set)} evaluation images are also training images "
                     f"({args.train_split} and {args.val_split} overlap): the evaluation is optimistic")
+
+
+def build_data(args, data):
+    """``(training set, validation set, their loaders)`` from :func:`resolve_data`'s ``data``."""
+    _, train_set, val_set = data
     distributed = dist.world_size() > 1
     train_loader = make_loader(train_set, args.batch_size, args.workers, shuffle=True, distributed=distributed,
                                drop_last=True, seed=args.seed)
-    if len(train_loader) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} x {dist.world_size()} process(es) is more than the "
-                         f"{len(train_set)} training images of {train_set.annotation_file}")
     val_loader = make_loader(val_set, args.batch_size, args.workers, shuffle=False, distributed=distributed)
     return train_set, val_set, train_loader, val_loader
 
@@ -295,7 +328,7 @@ def run(args, stop):
                     f"{SAMPLE_DATA} with a short demo schedule ({args.epochs} epochs x {args.train_subset} images, "
                     "about eight minutes on 2 CPU cores). Pass --data-path DIR to train on real data.")
         on_each_node(lambda: prepare_sample_dataset(args.data_path))
-    layout = resolve_data(args)
+    data = resolve_data(args)
     flow.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -304,7 +337,7 @@ def run(args, stop):
     if dist.is_main():
         cli.writable_dir(args.output_dir, "--output-dir")
     # Nothing is written into the output directory before the data and the weights are known to be usable.
-    train_set, val_set, train_loader, val_loader = build_data(args, layout)
+    train_set, val_set, train_loader, val_loader = build_data(args, data)
     model = build_model(args, train_set, device)
     if dist.is_main():
         # One run per output directory: a second one would interleave metrics and overwrite checkpoints.
