@@ -86,6 +86,54 @@ def test_batch_size_is_free(tiny_export):
             np.testing.assert_allclose(a[0], t[i], atol=1e-5)
 
 
+def constant_network(logits, codes, size):
+    """A stand-in for the exported network: whatever the input ``[N, 3, *size]``, each of the ``N`` images gets the
+    head outputs ``logits [A, C]`` and ``codes [A, 4]``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.asarray(v, dtype), name) for name, v, dtype in (
+        ("logits", logits[None], np.float32), ("codes", codes[None], np.float32), ("start", [0], np.int64),
+        ("end", [1], np.int64), ("ones", [1, 1], np.int64))]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Slice", ["shape", "start", "end"], ["n"]),
+             helper.make_node("Concat", ["n", "ones"], ["expand"], axis=0),
+             helper.make_node("Expand", ["logits", "expand"], ["cls_logits"]),
+             helper.make_node("Expand", ["codes", "expand"], ["bbox_regression"])]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+               for name in ("cls_logits", "bbox_regression")]
+    graph = helper.make_graph(nodes, "constant_network", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 3, *size])], outputs, consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+
+
+def test_equal_scores_ordered_as_ours(tmp_path):
+    """Every third default box with one and the same row of logits (so exactly equal scores within each class, and
+    classes 1 and 2 tied with each other), overlapping boxes: the graph's NMS and top 200 keep and order them as
+    :meth:`SSD.postprocess_detections` does (within a class the lower default box first, across classes the lower
+    rank, then the lower label), which ONNX leaves open for NMS."""
+    import onnxruntime as ort
+
+    from cv.detection.deploy.onnx_end_to_end import compose
+
+    model = spread_tiny()
+    grid_sizes = [(8, 8), (4, 4), (2, 2)]
+    anchors = model.anchor_generator(grid_sizes, model.size, "cpu")
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (len(anchors), len(NAMES))).astype(np.float32)
+    logits[::2] = [0.0, 2.0, 2.0, 0.5, -1.0]
+    codes = rng.normal(0, 0.2, (len(anchors), 4)).astype(np.float32)
+    proto = compose(model, constant_network(logits, codes, model.size), grid_sizes)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    boxes, scores, labels, count = sess.run(None, {"images": np.zeros((1, 3, 64, 64), np.uint8)})
+    with flow.no_grad():
+        (ours,) = model.postprocess_detections({"cls_logits": flow.tensor(logits[None]),
+                                                "bbox_regression": flow.tensor(codes[None])}, anchors, [(64, 64)])
+    n = int(count[0])
+    assert n == len(ours["labels"]) and len(np.unique(ours["scores"].numpy())) < n / 2  # mostly ties
+    assert labels[0, :n].tolist() == ours["labels"].numpy().tolist()
+    np.testing.assert_allclose(boxes[0, :n], ours["boxes"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores[0, :n], ours["scores"].numpy(), atol=1e-6)
+
+
 def test_no_detections(tmp_path):
     """A score threshold nothing passes: count 0, all rows padding (an empty NMS input runs)."""
     from cv.detection.deploy.onnx_end_to_end import export_end_to_end

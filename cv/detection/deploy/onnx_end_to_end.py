@@ -26,11 +26,14 @@ model's :class:`BoxCoder` weights and clamp and clipped to the resized input; pe
 best default boxes (ties: the lower default-box index), of which those scoring above ``score_thresh`` and at least
 ``MIN_BOX_SIZE`` wide and high are candidates; ``NonMaxSuppression`` per class at ``nms_thresh`` (a box is dropped
 when its IoU with a kept box of its class is above it); the ``detections_per_img`` best of all classes; boxes scaled
-to the input size. Equal scores are ordered as ours are: within a class the lower default box first (the NMS is
-given each class's candidates in that order with strictly decreasing stand-in scores, as ONNX Runtime's NMS visits
-equal scores in no defined order), across classes by rank in its class, then by label. What can differ from the
-OneFlow model is float rounding (softmax, exp, resize): scores and boxes agree to about 1e-6, and a candidate at
-exactly the top-k, score or IoU boundary may fall the other way.
+to the input size. Equal scores are ordered as ours are: within a class the lower default box first, across classes
+by rank in its class, then by label. ONNX's ``NonMaxSuppression`` leaves the order of equal scores open (ONNX
+Runtime 1.16 takes the lower index first; its older heap-based kernel, and other runtimes, need not), so it is
+given each class's candidates in their order with strictly decreasing stand-in scores: any conforming runtime then
+suppresses as ours does. What can differ from the
+OneFlow model is float rounding (softmax, exp, resize): scores agree to about 1e-6 and boxes to a thousandth of a
+pixel, two scores that close may be listed the other way round, and a candidate within rounding of the top-k,
+score or IoU boundary may fall the other way.
 
 Metadata (``metadata_props``): ``class_names`` (JSON list by label, 0 the background), ``source_weights`` (what the
 weights were loaded from), ``weights_sha256`` (:func:`~cv.detection.deploy.onnx_backend.weights_fingerprint`: the
