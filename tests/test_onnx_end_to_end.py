@@ -227,6 +227,7 @@ def test_dynamic_batch_refuses_an_unknown_reshape():
     assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
 
 
+@pytest.mark.slow  # two OneFlow start-ups
 def test_export_script_flags(tmp_path):
     """--batch-size belongs to --network-only; an unwritable --output is refused before any weights are read."""
     script = [sys.executable, os.path.join(REPO, "scripts", "export_onnx.py")]
