@@ -41,6 +41,12 @@ int8: static int8 quantization (ONNX Runtime) against float32 and torchvision on
 images: accuracy (AP, AP50, detections matched), network and end-to-end seconds per image, and where each
 millisecond of infer.sh's per-image work goes (scripts/bench_int8.py says more).
 
+onnx: end-to-end inference per image (JPEG decode and conversion included) with the end-to-end ONNX file of
+``scripts/export_onnx.py`` (resize, network, decoding, NMS and top 200 all in ONNX Runtime, uint8 images in) against
+``infer.sh --backend onnxruntime``'s path (the network-only export; resize and post-processing by the model's code),
+batch 1 and batch 8 (8 JPEG files of one size, as one end-to-end run needs), alternated; also the end-to-end
+export's one-off time. Random weights (unless --weights) are the worst case for the in-graph NMS.
+
 video: frames per second of ``infer.sh --video`` end to end (decode, detection, drawing, H.264 encoding, the JSON
 lines) on a 640x480 camera-like clip of --video-frames frames (a pan across a grainy textured scene, H.264), batch 4,
 with each backend (OneFlow eager; ONNX Runtime with the network exported as infer.sh does), alternated; also the
@@ -179,7 +185,7 @@ def bench_infer(args):
     from cv.detection.utils import hub
     from cv.detection.data.base import load_rgb
     from cv.detection.ssd300_vgg16 import ssd300_vgg16
-    from cv.detection.ssd300_vgg16.infer import load_model
+    from cv.detection.ssd300_vgg16.detector import load_model
     from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export, network_graph
     from cv.detection.data.transforms import to_chw_float
 
@@ -230,6 +236,55 @@ def bench_infer(args):
 
         times = time_alternating({"eager": eager, "nn.Graph": lambda: graph(x)[0].numpy()}, args.repeats)
         result["network_eager_vs_graph"] = {name: summarize(ts) for name, ts in times.items()}
+    return result
+
+
+def bench_onnx(args):
+    import tempfile
+
+    import numpy as np
+    import onnxruntime
+
+    from cv.detection.data.base import load_rgb
+    from cv.detection.data.transforms import to_chw_float
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
+    from cv.detection.deploy.onnx_end_to_end import export_end_to_end
+    from cv.detection.ssd300_vgg16 import ssd300_vgg16
+    from cv.detection.ssd300_vgg16.detector import label_names, load_model
+    from cv.detection.utils import hub
+
+    flow.manual_seed(0)
+    model, names, _ = load_model(args.weights) if args.weights else (ssd300_vgg16().eval(), label_names(91, None), 0)
+    onnx_dir = os.path.join(hub.cache_dir(), "onnx")
+    network_only = {b: OnnxRuntimeSSD(model, cached_export(model, onnx_dir, b)) for b in (1, 8)}
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        session = onnxruntime.InferenceSession(export_end_to_end(model, os.path.join(root, "e2e.onnx"), names),
+                                               providers=["CPUExecutionProvider"])
+        export_s = time.perf_counter() - start
+        write_jpeg_dataset(root, 8)
+        paths = sorted(glob.glob(os.path.join(root, "train2017", "*.jpg")))
+
+        def network_only_run(batch):
+            def run():
+                for i in range(0, len(paths), batch):
+                    with flow.no_grad():
+                        out = network_only[batch]([flow.tensor(to_chw_float(load_rgb(p))) for p in paths[i:i + batch]])
+                    out[-1]["scores"].numpy()
+            return run
+
+        def end_to_end_run(batch):
+            def run():
+                for i in range(0, len(paths), batch):
+                    images = np.stack([np.asarray(load_rgb(p)).transpose(2, 0, 1) for p in paths[i:i + batch]])
+                    session.run(None, {"images": images})
+            return run
+
+        contenders = {f"{name}, batch {b}": fn(b) for b in (1, 8) for name, fn in (
+            ("end-to-end ONNX", end_to_end_run), ("--backend onnxruntime", network_only_run))}
+        times = time_alternating(contenders, args.repeats)
+    result = {name: summarize([t / len(paths) for t in ts]) for name, ts in times.items()}
+    result["end_to_end_export_s"] = export_s
     return result
 
 
@@ -474,14 +529,14 @@ def bench_graph_step(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sections = ["train", "data", "infer", "eval", "coretype", "video", "graph", "int8", "finetune"]
+    sections = ["train", "data", "infer", "eval", "coretype", "video", "graph", "int8", "onnx", "finetune"]
     parser.add_argument("--sections", nargs="+", choices=sections, default=sections,
                         help="what to measure (default: all)")
     parser.add_argument("--batch-size", type=int, default=4, help="train: images per training step (default 4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per contender (default 5)")
     parser.add_argument("--graph-batch-size", type=int, default=2, help="graph: images per training step (default 2)")
     parser.add_argument("--data-images", type=int, default=64, help="data: JPEG files per pass (default 64)")
-    parser.add_argument("--weights", help="infer, video: a trained model to measure (default: random weights)")
+    parser.add_argument("--weights", help="infer, video, onnx: a trained model to measure (default: random weights)")
     parser.add_argument("--video-frames", type=int, default=12, help="video: frames of the clip (default 12)")
     parser.add_argument("--video-score-threshold", type=float, default=0.3,
                         help="video: boxes drawn from this score (default 0.3, infer.sh's)")
@@ -557,6 +612,11 @@ def main():
 
         results["int8"] = bench_int8(args)
         print_int8(results["int8"])
+    if "onnx" in args.sections:
+        ox = results["onnx_end_to_end"] = bench_onnx(args)
+        print_table("ONNX end to end (s/img)", {k: v for k, v in ox.items() if k != "end_to_end_export_s"}, ".3f",
+                    per_second=1, note="640x480 JPEG files")
+        print(f"end-to-end export (once per weights): {ox['end_to_end_export_s']:.0f} s")
     if "finetune" in args.sections:
         from bench_finetune import bench_finetune, print_finetune  # scripts/bench_finetune.py
 

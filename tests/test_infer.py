@@ -325,7 +325,7 @@ def test_onnxruntime_backend_gives_the_same_detections(trained, images, tmp_path
     import oneflow as flow
 
     from cv.detection.data.base import load_rgb
-    from cv.detection.ssd300_vgg16.infer import load_model
+    from cv.detection.ssd300_vgg16.detector import load_model
     from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
     from cv.detection.data.transforms import to_chw_float
 
@@ -342,7 +342,7 @@ def test_onnxruntime_backend_gives_the_same_detections(trained, images, tmp_path
 
 def test_export_script_writes_model_and_description(trained, tmp_path):
     out = run([sys.executable, os.path.join(REPO, "scripts", "export_onnx.py"), "--weights", str(trained),
-               "--output", str(tmp_path / "m.onnx"), "--batch-size", "2"], cwd=tmp_path)
+               "--output", str(tmp_path / "m.onnx"), "--network-only", "--batch-size", "2"], cwd=tmp_path)
     assert "wrote" in out.stdout
     info = json.loads((tmp_path / "m.onnx.json").read_text())
     assert info["batch_size"] == 2 and info["grid_sizes"] == [[38, 38], [19, 19], [10, 10], [5, 5], [3, 3], [1, 1]]

@@ -390,7 +390,7 @@ def oneflow_run(weights, clip, tmp_path_factory):
 
 @pytest.mark.slow
 def test_infer_sh_video_with_oneflow(oneflow_run, weights, clip, tmp_path):
-    from cv.detection.ssd300_vgg16.infer import load_model
+    from cv.detection.ssd300_vgg16.detector import load_model
 
     res, out = oneflow_run
     assert f"{clip}: {FRAMES} frames, " in res.stdout and "frames/s -> " in res.stdout
@@ -409,7 +409,7 @@ def test_infer_sh_video_with_oneflow(oneflow_run, weights, clip, tmp_path):
 @pytest.mark.slow
 def test_infer_sh_video_with_onnxruntime(oneflow_run, weights, clip, tmp_path):
     from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
-    from cv.detection.ssd300_vgg16.infer import load_model
+    from cv.detection.ssd300_vgg16.detector import load_model
 
     out = tmp_path / "ort"
     res = run(["bash", INFER_SH, "--weights", weights, "--video", clip, "--backend", "onnxruntime", "--output-dir",
