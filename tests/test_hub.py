@@ -788,16 +788,28 @@ def test_full_disk_during_extraction(tmp_path, isolated, served, monkeypatch):
     assert listing(isolated) == [f"{NAME}.tar.gz", f"{NAME}.tar.gz.source"]
 
 
+def test_the_planted_payload_runs_under_plain_pickle_and_not_under_our_loader(tmp_path):
+    """The malicious checkpoint of the refusal tests (conftest.plant_payload) is live: plain ``pickle.load`` runs
+    its command. So when those tests find no marker, it is our loader that refused it, not an inert payload."""
+    import pickle
+
+    from tests.conftest import plant_payload
+
+    directory, marker = tmp_path / "evil", tmp_path / "pwned"
+    directory.mkdir()
+    plant_payload(directory, marker)
+    with pytest.raises(ValueError):
+        load(str(directory))
+    assert not marker.exists()
+    with open(directory / "pickled_data", "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
+
+
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real 1 MiB file system (tmpfs); skipped where mounting is not permitted."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+def small_disk(small_disk):
+    """A real 1 MiB file system (conftest's tmpfs)."""
+    return small_disk(1)
 
 
 def test_full_disk_for_real(small_disk, served, tmp_path, monkeypatch):

@@ -23,9 +23,9 @@ from cv.detection.utils import cli
 from cv.detection.deploy import video
 from cv.detection.ssd300_vgg16.infer import as_records, draw_detections, run_on_images
 from cv.detection.data.transforms import to_chw_float
-from tests.conftest import INFER_SH, last_line, run, tiny_ssd
+from tests.conftest import INFER_SH, import_or_missing, last_line, run, tiny_ssd
 
-av = pytest.importorskip("av")
+av = import_or_missing("av")
 
 WIDTH, HEIGHT, RATE, FRAMES = 320, 240, 5, 8
 SHAPES = ["__background__", "circle", "square", "triangle", "ring", "cross", "star"]
