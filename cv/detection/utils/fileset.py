@@ -33,12 +33,10 @@ import errno
 import os
 import re
 import secrets
-import signal
-import sys
 import time
 
 from cv.detection.utils import fileio
-from cv.detection.utils.cli import Interrupted
+from cv.detection.utils.cli import Interrupted, pause_point
 
 
 class SetNotReplaced(OSError):
@@ -51,14 +49,6 @@ class SetNotReplaced(OSError):
 
     def __str__(self):
         return f"{self.strerror}: {self.filename}{self.detail}"
-
-
-def pause_point(step):
-    """Test hook: a process whose ``$CV_PAUSE_AT`` (comma-separated) names ``step`` stops itself there (SIGSTOP),
-    so that a test can look at the folder at that very point, then kill it (kill -9) or let it go on (SIGCONT)."""
-    if step in os.environ.get("CV_PAUSE_AT", "").split(","):
-        print(f"paused at {step}", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _pointer(folder, name):
