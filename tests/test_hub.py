@@ -470,6 +470,25 @@ def test_local_directory_and_tarball(tmp_path, isolated):
     assert os.stat(os.path.join(path, "pickled_data")).st_mtime_ns == mtime
 
 
+def test_a_published_name_is_verified_against_the_digest_of_its_own_set(tmp_path, isolated, capsys):
+    """A published folder's tarball name is a link into one set (cv.detection.utils.fileset): the tarball is
+    checked against the .sha256 of that set, where the link leads, not against whatever the folder's other name
+    leads to by then (here another set's digest: what a republish between the two reads would give)."""
+    from cv.detection.utils import fileset
+
+    tar, sha = make_weights_tarball(tmp_path)
+    folder = tmp_path / "zoo"
+    files = [f"{NAME}.tar.gz", f"{NAME}.tar.gz.sha256"]
+    with fileset.replace(str(folder), NAME, files, 0) as staging:
+        shutil.copy(tar, os.path.join(staging, files[0]))
+        with open(os.path.join(staging, files[1]), "w") as f:
+            f.write(f"{sha}  {files[0]}\n")
+    os.remove(folder / files[1])
+    (folder / files[1]).write_text(f"{'0' * 64}  {files[0]}\n")  # the other set's digest
+    assert hub.resolve_weights(str(folder / files[0])) == str(isolated / NAME)
+    assert f"using tarball {folder / files[0]} (checksum verified)" in capsys.readouterr().out
+
+
 def test_tarball_without_weights_rejected(tmp_path, isolated):
     tar = crafted_tarball(tmp_path / "w.tar.gz", [(NAME, DIR, b"", {}), (f"{NAME}/model.pth", REG, b"x", {})])
     with pytest.raises(ValueError, match="pickled_data"):
