@@ -13,7 +13,7 @@ import os
 import signal
 import time
 
-from cv.detection.utils import cli
+from cv.detection.utils import cli, fileset
 from cv.detection.ssd300_vgg16.publish import ARCH, publish
 
 
@@ -26,18 +26,33 @@ def get_args_parser():
 
 
 def _abandon(signum, frame):
-    raise cli.Interrupted(signum, f"{signal.Signals(signum).name} received, publishing abandoned")
+    raise cli.Interrupted(signum, f"{signal.Signals(signum).name} received")
+
+
+def _served_file(path):
+    """The identity of the file ``path`` leads to (device, inode), or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def main(args):
     start = time.perf_counter()
     cli.writable_dir(args.output_dir, "--output-dir")
-    signal.signal(signal.SIGTERM, _abandon)  # an exception, so that the folder's state is reported
+    tarball = os.path.join(args.output_dir, f"{args.name}.tar.gz")
+    before = _served_file(tarball)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # an exception, so that the folder's state is reported
+        signal.signal(signum, _abandon)
     try:
         card = publish(args.checkpoint, args.output_dir, name=args.name)
     except cli.Interrupted as e:
-        if e.__cause__ is None:  # stopped before the folder was touched (else the message already says its state)
-            raise cli.Interrupted(e.signum, f"{e}; {args.output_dir} unchanged") from None
+        if e.__cause__ is None:  # stopped outside the set's switching (else the message already says the state)
+            served = fileset.current(args.output_dir, args.name)
+            state = ("unchanged" if _served_file(tarball) == before
+                     else f"serves {fileset.describe(served, served)}")
+            raise cli.Interrupted(e.signum, f"{e}; {args.output_dir} {state}") from None
         raise
     paths, art, ev = card["paths"], card["artifact"], card["evaluation"]
     print(f"published {os.path.abspath(args.checkpoint)} in {time.perf_counter() - start:.1f} s:")

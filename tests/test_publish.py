@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -358,6 +359,7 @@ def test_plain_files_of_an_earlier_publish_become_the_served_set(tmp_path):
 
 _REPLACER = """
 import os
+import signal
 from cv.detection.utils import fileset
 with fileset.replace({folder!r}, "w", {files!r}, 0) as staging:
     for name, data in {contents!r}.items():
@@ -403,3 +405,160 @@ def test_kill_9_at_each_step_leaves_one_complete_set(tmp_path, first):
         assert _served(folder) == after, step
         again = _replace(folder, "again")
         assert _served(folder) == again, step
+
+
+# Slow: the same with publish.py and real weights (a set of about 100 MB).
+
+PUBLISHED = sorted(["ssd300_vgg16.tar.gz", "ssd300_vgg16.tar.gz.sha256", "ssd300_vgg16.json", "ssd300_vgg16.md"])
+PUBLISH_STEPS = ["publish:tarball"] + STEPS  # the first: half-way through writing the tarball
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory):
+    """A bare state dict of other weights than ``published``'s, to republish over them."""
+    path = tmp_path_factory.mktemp("other") / "weights"
+    flow.manual_seed(1)
+    flow.save(ssd300_vgg16(num_classes=NUM_CLASSES).state_dict(), str(path))
+    return str(path)
+
+
+def _serving(folder):
+    """A reader's check of a published folder: the four names, leading to one complete set (the tarball, its
+    digest and both cards agree); the tarball's SHA-256. Reads as a careful reader does: resolves one name, then
+    reads the set's other files beside what it resolved to."""
+    from cv.detection.utils.hub import file_sha256
+
+    assert sorted(n for n in os.listdir(folder) if not n.startswith(".")) == PUBLISHED
+    real = os.path.realpath(os.path.join(folder, "ssd300_vgg16.tar.gz"))
+    digest = file_sha256(real)
+
+    def beside(suffix):
+        with open(os.path.join(os.path.dirname(real), "ssd300_vgg16" + suffix)) as f:
+            return f.read()
+
+    assert beside(".tar.gz.sha256") == f"{digest}  ssd300_vgg16.tar.gz\n"
+    assert json.loads(beside(".json"))["artifact"]["sha256"] == digest and digest in beside(".md")
+    return digest
+
+
+def _sha256sum_c(folder):
+    """``sha256sum -c`` as a user runs it, in the folder (it follows the links)."""
+    check = subprocess.run(["sha256sum", "-c", "ssd300_vgg16.tar.gz.sha256"], capture_output=True, text=True,
+                           cwd=folder)
+    assert check.returncode == 0 and check.stdout == "ssd300_vgg16.tar.gz: OK\n", check.stdout + check.stderr
+
+
+def _start_publish(weights, folder, pause_at):
+    env = dict(os.environ, CV_PAUSE_AT=",".join(pause_at), PYTHONPATH=REPO)
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "publish.py"), weights, "-o",
+                             str(folder)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _copy_of(published, tmp_path, label):
+    """A copy of the folder ``published`` wrote (set files hard-linked: a publish never writes into a file)."""
+    import shutil
+
+    source = os.path.dirname(published["a"]["paths"]["tarball"])
+    return shutil.copytree(source, tmp_path / label, symlinks=True, copy_function=os.link,
+                           ignore=shutil.ignore_patterns(".lock"))
+
+
+@pytest.mark.slow
+def test_republishing_on_a_disk_with_room_for_one_set(published, other_weights, small_disk):
+    disk = small_disk(150)
+    publish(published["checkpoint"], str(disk))
+    old = _serving(disk)
+    before = {n: (disk / n).read_bytes() for n in PUBLISHED}
+    run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "publish.py"), other_weights, "-o",
+                          str(disk)], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert run.returncode == 1, run.stdout + run.stderr
+    line = run.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: No space left on device: {disk}/ssd300_vgg16.tar.gz (the new set needs about ")
+    assert f"; {disk} serves the set it served before, unchanged (installed " in line
+    assert line.endswith(f", sha256 {old[:16]}...)"), line
+    assert {n: (disk / n).read_bytes() for n in PUBLISHED} == before
+    assert _serving(disk) == old
+    _sha256sum_c(disk)
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_republish_leaves_one_complete_set(published, other_weights, tmp_path):
+    old, new = _serving(os.path.dirname(published["a"]["paths"]["tarball"])), None
+    for step in PUBLISH_STEPS:
+        folder = _copy_of(published, tmp_path, step.split(":")[1])
+        proc = _start_publish(other_weights, folder, [step])
+        _wait_stopped(proc)
+        during = _serving(folder)
+        proc.kill()
+        proc.communicate()
+        assert _serving(folder) == during, step
+        _sha256sum_c(folder)
+        if step == "publish:switched":
+            new = during
+        else:
+            assert during == old, step
+    assert new not in (None, old)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["publish:tarball", "publish:switched"])
+def test_sigterm_during_a_republish_says_which_set_is_served(published, other_weights, tmp_path, step):
+    folder = _copy_of(published, tmp_path, "folder")
+    old = _serving(folder)
+    proc = _start_publish(other_weights, folder, [step])
+    _wait_stopped(proc)
+    proc.terminate()
+    proc.send_signal(signal.SIGCONT)  # the handler runs as the process goes on
+    _, err = proc.communicate()
+    assert proc.returncode == 143, err
+    served = _serving(folder)
+    which = ("the new set" if step == "publish:switched" else "the set it served before, unchanged")
+    assert err.strip().splitlines()[-1].startswith(
+        f"stopped: SIGTERM received; {folder} serves {which} (installed "), err
+    assert (served == old) == (step != "publish:switched")
+    assert not [n for n in os.listdir(folder) if ".tmp-" in n]
+
+
+@pytest.mark.slow
+def test_a_reader_sees_one_complete_set_throughout_a_republish(published, other_weights, tmp_path):
+    """A reader verifies the folder over and over while it is republished; the publish also stops at each of its
+    steps until the reader has verified the folder there (events, not timing)."""
+    import threading
+
+    folder = _copy_of(published, tmp_path, "folder")
+    old = _serving(folder)
+    seen, errors, passes, changed, done = [], [], [0], threading.Condition(), threading.Event()
+
+    def reader():
+        while not done.is_set():
+            try:
+                seen.append(_serving(folder))
+            except Exception as e:  # noqa: BLE001 (reported by the test)
+                errors.append(repr(e))
+            with changed:
+                passes[0] += 1
+                changed.notify_all()
+
+    def two_more_passes():
+        with changed:
+            target = passes[0] + 2
+            assert changed.wait_for(lambda: passes[0] >= target or errors, timeout=600)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        proc = _start_publish(other_weights, folder, PUBLISH_STEPS)
+        for _ in PUBLISH_STEPS:
+            _wait_stopped(proc)
+            two_more_passes()
+            _sha256sum_c(folder)
+            proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate()
+        assert proc.returncode == 0, out + err
+        two_more_passes()
+    finally:
+        done.set()
+        thread.join()
+    new = _serving(folder)
+    assert errors == [] and new != old
+    assert set(seen) == {old, new} and seen == sorted(seen, key=[old, new].index)  # old, then new, never back

@@ -173,7 +173,7 @@ def _explained(exc, folder, name, files, new_set):
     """``exc`` (any failure while replacing) as an error that also says which set ``folder`` now serves."""
     held = f"; {folder} serves {describe(current(folder, name), new_set)}"
     if isinstance(exc, KeyboardInterrupt):
-        return Interrupted(2, f"interrupted, publishing abandoned{held}")
+        return Interrupted(2, f"interrupted{held}")
     if isinstance(exc, Interrupted):
         return Interrupted(exc.signum, f"{exc}{held}")
     if isinstance(exc, OSError) and exc.strerror:
