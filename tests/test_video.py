@@ -470,8 +470,10 @@ def test_infer_sh_bad_inputs_are_one_line_errors(weights, clip, tmp_path):
 @pytest.mark.slow
 def test_infer_sh_ctrl_c_keeps_the_frames_done(weights, frames, tmp_path):
     """Ctrl-C during a video: the batch in progress is finished, both outputs hold those frames, the videos after
-    it are not started, exit status 130. The program stops itself after its first batch (CV_PAUSE_AT), receives
-    the Ctrl-C there and goes on: the same point on any machine."""
+    it are not started, exit status 130. The program stops itself after each batch (CV_PAUSE_AT) and gets the
+    Ctrl-C at the first stop: on any machine the outputs hold exactly the batches it stopped after. (Which batch
+    the program sees the Ctrl-C before depends on which of its threads the kernel delivers it to, so the count of
+    stops, not a fixed number, is what the frames are checked against.)"""
     path = write_clip(tmp_path / "long.mp4", [np.ascontiguousarray(rgb[:120, :160]) for rgb in frames] * 3)
     out = tmp_path / "out"
     with open(tmp_path / "stderr", "w") as err:
@@ -480,17 +482,23 @@ def test_infer_sh_ctrl_c_keeps_the_frames_done(weights, frames, tmp_path):
                                 stdout=subprocess.PIPE, stderr=err, text=True,
                                 env=dict(os.environ, CV_PAUSE_AT="video:batch"))
         try:
-            _, status = os.waitpid(proc.pid, os.WUNTRACED)  # infer.sh execs python: the same process
-            assert os.WIFSTOPPED(status), f"ended before its first batch: {status}"
-            proc.send_signal(signal.SIGINT)
-            proc.send_signal(signal.SIGCONT)
+            stops = 0
+            while True:
+                _, status = os.waitpid(proc.pid, os.WUNTRACED)  # infer.sh execs python: the same process
+                if not os.WIFSTOPPED(status):
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    break
+                stops += 1
+                if stops == 1:
+                    proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGCONT)
             stdout = proc.stdout.read()
-            assert proc.wait(timeout=600) == 130
+            assert proc.returncode == 130
         finally:
             proc.kill()
     stderr = (tmp_path / "stderr").read_text()
     lines = read_jsonl(out / "long.jsonl")
-    assert len(lines) == 2  # the first batch, finished
+    assert stops >= 1 and len(lines) == 2 * stops < 3 * FRAMES  # the batches done, each finished
     assert f"{path}: stopped after {len(lines)} frames (SIGINT received)" in stdout
     assert last_line(stderr) == (f"stopped: by SIGINT; {path}: its outputs hold the {len(lines)} frames "
                                  f"processed; not started: {path}")
