@@ -4,13 +4,16 @@
 
 CHECKPOINT is a checkpoint directory written by train.py (e.g. output/ssd300_vgg16/checkpoint_epoch0119) or a
 bare state-dict directory. Writes DIR/NAME.tar.gz (weights only, reproducible), NAME.tar.gz.sha256 and the
-model card NAME.json / NAME.md, then prints where they are. Works from any directory.
+model card NAME.json / NAME.md, then prints where they are. Works from any directory. DIR serves one complete
+set at all times: killed, stopped by SIGTERM or Ctrl-C, or out of space, it serves the set it served before, or
+the complete new one, and the last line says which.
 """
 import argparse
 import os
+import signal
 import time
 
-from cv.detection.utils import cli
+from cv.detection.utils import cli, fileset
 from cv.detection.ssd300_vgg16.publish import ARCH, publish
 
 
@@ -22,10 +25,35 @@ def get_args_parser():
     return parser
 
 
+def _abandon(signum, frame):
+    raise cli.Interrupted(signum, f"{signal.Signals(signum).name} received")
+
+
+def _served_file(path):
+    """The identity of the file ``path`` leads to (device, inode), or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def main(args):
     start = time.perf_counter()
     cli.writable_dir(args.output_dir, "--output-dir")
-    card = publish(args.checkpoint, args.output_dir, name=args.name)
+    tarball = os.path.join(args.output_dir, f"{args.name}.tar.gz")
+    before = _served_file(tarball)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # an exception, so that the folder's state is reported
+        signal.signal(signum, _abandon)
+    try:
+        card = publish(args.checkpoint, args.output_dir, name=args.name)
+    except cli.Interrupted as e:
+        if e.__cause__ is None:  # stopped outside the set's switching (else the message already says the state)
+            served = fileset.current(args.output_dir, args.name)
+            state = ("unchanged" if _served_file(tarball) == before
+                     else f"serves {fileset.describe(served, served)}")
+            raise cli.Interrupted(e.signum, f"{e}; {args.output_dir} {state}") from None
+        raise
     paths, art, ev = card["paths"], card["artifact"], card["evaluation"]
     print(f"published {os.path.abspath(args.checkpoint)} in {time.perf_counter() - start:.1f} s:")
     print(f"  weights  {os.path.abspath(paths['tarball'])} ({art['bytes']:,} bytes, {card['parameters']:,} "

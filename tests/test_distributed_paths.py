@@ -16,7 +16,7 @@ import pytest
 
 from cv.detection.engine import checkpoint as ckpt
 from cv.detection.engine.trainer import read_metrics
-from tests.conftest import TRAIN_SH, free_port, quick_args, run
+from tests.conftest import TRAIN_SH, free_port, missing_capability, quick_args, run
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def two_hosts():
     """Two network namespaces joined by a veth pair, 10.231.N.1 and 10.231.N.2: two machines as OneFlow sees
-    them (it tells nodes apart by the address their connections come from). Skips where namespaces cannot be
-    made (they need root)."""
+    them (it tells nodes apart by the address their connections come from). Namespaces need root: without it,
+    :func:`tests.conftest.missing_capability`."""
     tag = f"{os.getpid() % 100000}"
     names, veths, subnet = [f"cvn{tag}a", f"cvn{tag}b"], [f"cva{tag}", f"cvb{tag}"], f"10.231.{os.getpid() % 250}"
     commands = [["ip", "netns", "add", names[0]], ["ip", "netns", "add", names[1]],
@@ -38,7 +38,7 @@ def two_hosts():
         for command in commands:
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
-                pytest.skip(f"cannot make network namespaces here ({' '.join(command)}: {done.stderr.strip()})")
+                missing_capability(f"network namespaces (root): {' '.join(command)}: {done.stderr.strip()}")
         yield list(zip(names, (f"{subnet}.1", f"{subnet}.2")))
     finally:
         for name in names:

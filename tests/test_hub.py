@@ -470,6 +470,25 @@ def test_local_directory_and_tarball(tmp_path, isolated):
     assert os.stat(os.path.join(path, "pickled_data")).st_mtime_ns == mtime
 
 
+def test_a_published_name_is_verified_against_the_digest_of_its_own_set(tmp_path, isolated, capsys):
+    """A published folder's tarball name is a link into one set (cv.detection.utils.fileset): the tarball is
+    checked against the .sha256 of that set, where the link leads, not against whatever the folder's other name
+    leads to by then (here another set's digest: what a republish between the two reads would give)."""
+    from cv.detection.utils import fileset
+
+    tar, sha = make_weights_tarball(tmp_path)
+    folder = tmp_path / "zoo"
+    files = [f"{NAME}.tar.gz", f"{NAME}.tar.gz.sha256"]
+    with fileset.replace(str(folder), NAME, files, 0) as staging:
+        shutil.copy(tar, os.path.join(staging, files[0]))
+        with open(os.path.join(staging, files[1]), "w") as f:
+            f.write(f"{sha}  {files[0]}\n")
+    os.remove(folder / files[1])
+    (folder / files[1]).write_text(f"{'0' * 64}  {files[0]}\n")  # the other set's digest
+    assert hub.resolve_weights(str(folder / files[0])) == str(isolated / NAME)
+    assert f"using tarball {folder / files[0]} (checksum verified)" in capsys.readouterr().out
+
+
 def test_tarball_without_weights_rejected(tmp_path, isolated):
     tar = crafted_tarball(tmp_path / "w.tar.gz", [(NAME, DIR, b"", {}), (f"{NAME}/model.pth", REG, b"x", {})])
     with pytest.raises(ValueError, match="pickled_data"):
@@ -788,16 +807,28 @@ def test_full_disk_during_extraction(tmp_path, isolated, served, monkeypatch):
     assert listing(isolated) == [f"{NAME}.tar.gz", f"{NAME}.tar.gz.source"]
 
 
+def test_the_planted_payload_runs_under_plain_pickle_and_not_under_our_loader(tmp_path):
+    """The malicious checkpoint of the refusal tests (conftest.plant_payload) is live: plain ``pickle.load`` runs
+    its command. So when those tests find no marker, it is our loader that refused it, not an inert payload."""
+    import pickle
+
+    from tests.conftest import plant_payload
+
+    directory, marker = tmp_path / "evil", tmp_path / "pwned"
+    directory.mkdir()
+    plant_payload(directory, marker)
+    with pytest.raises(ValueError):
+        load(str(directory))
+    assert not marker.exists()
+    with open(directory / "pickled_data", "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
+
+
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real 1 MiB file system (tmpfs); skipped where mounting is not permitted."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+def small_disk(small_disk):
+    """A real 1 MiB file system (conftest's tmpfs)."""
+    return small_disk(1)
 
 
 def test_full_disk_for_real(small_disk, served, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -164,8 +165,11 @@ def test_publishing_twice_is_byte_identical_and_leaves_no_temporaries(published)
         assert fa.read() == fb.read()
     for card in (published["a"], published["b"]):
         directory = os.path.dirname(card["paths"]["tarball"])
-        assert sorted(os.listdir(directory)) == ["ssd300_vgg16.json", "ssd300_vgg16.md", "ssd300_vgg16.tar.gz",
-                                                 "ssd300_vgg16.tar.gz.sha256"]
+        names = ["ssd300_vgg16.json", "ssd300_vgg16.md", "ssd300_vgg16.tar.gz", "ssd300_vgg16.tar.gz.sha256"]
+        hidden = sorted(n for n in os.listdir(directory) if n.startswith("."))
+        assert sorted(n for n in os.listdir(directory) if not n.startswith(".")) == names
+        assert hidden[:2] == [".lock", ".ssd300_vgg16.current"] and len(hidden) == 3  # and the one set
+        assert sorted(os.listdir(os.path.join(directory, hidden[2]))) == names
 
 
 @pytest.mark.slow
@@ -236,13 +240,325 @@ def test_cli_error_exit_code(tmp_path):
 
 @pytest.mark.slow
 def test_a_full_disk_leaves_no_partial_artefact(published, small_disk):
-    """The tarball (about 100 MB here) does not fit: publishing fails naming the file, leaves no temporary and no
-    partial tarball, and what an earlier publish left there is intact (or, for the digest and cards that would no
-    longer describe the tarball beside them, removed)."""
+    """The tarball (about 100 MB here) does not fit: publishing fails before writing anything, naming the file,
+    and what an earlier publish.py left there (plain files; here only a tarball) is served as it was."""
     out = small_disk(30)
     (out / "ssd300_vgg16.tar.gz").write_bytes(b"an earlier tarball")
     with pytest.raises(OSError) as err:
         publish(published["checkpoint"], str(out))
     assert err.value.strerror == "No space left on device" and err.value.filename == str(out / "ssd300_vgg16.tar.gz")
-    assert os.listdir(out) == ["ssd300_vgg16.tar.gz"]
+    assert f"{out} serves the set it served before, unchanged" in str(err.value)
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == sorted(
+        ["ssd300_vgg16.tar.gz", "ssd300_vgg16.tar.gz.sha256", "ssd300_vgg16.json", "ssd300_vgg16.md"])
     assert (out / "ssd300_vgg16.tar.gz").read_bytes() == b"an earlier tarball"
+    assert not os.path.exists(out / "ssd300_vgg16.md")  # the link leads nowhere: the earlier set had no card
+
+
+# ------------------------------------------------------------------------------------- the set, replaced whole
+# Fast: cv.detection.utils.fileset with small stand-in files. The slow tests further down do the same with
+# publish.py and real weights.
+
+FILES = ["w.tar.gz", "w.tar.gz.sha256", "w.json", "w.md"]
+STEPS = ["publish:built", "publish:staged", "publish:linked", "publish:switched"]
+
+
+def _stand_in_set(tag, tarball_bytes=100):
+    """``{name: bytes}`` of a set named ``tag``: a tarball of ``tarball_bytes`` and files that describe it."""
+    blob = (tag.encode() * tarball_bytes)[:tarball_bytes]
+    digest = hashlib.sha256(blob).hexdigest()
+    return {"w.tar.gz": blob, "w.tar.gz.sha256": f"{digest}  w.tar.gz\n".encode(),
+            "w.json": json.dumps({"set": tag, "sha256": digest}).encode(), "w.md": f"# {tag}\n".encode()}
+
+
+def _write_set(directory, contents):
+    for name, data in contents.items():
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+    return contents
+
+
+def _served(folder):
+    """What a reader finds under the four names: ``{name: bytes}``, or None for a name that leads nowhere; the
+    listing (hidden names aside) is always the four names or nothing."""
+    visible = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    assert visible in ([], sorted(FILES)), visible
+    return {n: open(os.path.join(folder, n), "rb").read() if os.path.exists(os.path.join(folder, n)) else None
+            for n in FILES}
+
+
+def _replace(folder, tag, tarball_bytes=100, need_bytes=0):
+    from cv.detection.utils import fileset
+
+    with fileset.replace(str(folder), "w", FILES, need_bytes) as staging:
+        return _write_set(staging, _stand_in_set(tag, tarball_bytes))
+
+
+def test_a_set_is_replaced_whole_and_the_names_stay(tmp_path):
+    from cv.detection.utils import fileset
+
+    one = _replace(tmp_path, "one")
+    assert _served(tmp_path) == one
+    assert all(os.readlink(tmp_path / n) == f".w.current/{n}" for n in FILES)
+    two = _replace(tmp_path, "two")
+    assert _served(tmp_path) == two
+    # The replaced set stays (hidden) until the next publish, for a reader who resolved the names before the switch.
+    sets = sorted(n for n in os.listdir(tmp_path) if n.startswith(".w.set-"))
+    assert len(sets) == 2 and os.readlink(tmp_path / ".w.current") in sets
+    three = _replace(tmp_path, "three")
+    assert _served(tmp_path) == three
+    assert len([n for n in os.listdir(tmp_path) if n.startswith(".w.set-")]) == 2
+    assert sorted(os.listdir(tmp_path)) == sorted(FILES + [".lock", ".w.current"] +
+                                                   [n for n in os.listdir(tmp_path) if n.startswith(".w.set-")])
+    # What a reader of two files does: resolve one name, read the rest beside it.
+    real = os.path.realpath(tmp_path / "w.tar.gz")
+    assert open(real + ".sha256", "rb").read() == three["w.tar.gz.sha256"]
+    assert fileset.current(str(tmp_path), "w") == os.path.dirname(real)
+
+
+def test_no_room_for_the_new_set_keeps_the_old_one_byte_for_byte(small_disk):
+    from cv.detection.utils import fileset
+
+    disk = small_disk(1)
+    old = _replace(disk, "old", tarball_bytes=600_000)
+    # Refused before anything is written: the caller's estimate does not fit.
+    with pytest.raises(fileset.SetNotReplaced) as err:
+        _replace(disk, "new", tarball_bytes=600_000, need_bytes=600_000)
+    assert err.value.strerror == "No space left on device" and err.value.filename == os.path.join(disk, "w.tar.gz")
+    assert "the new set needs about 1 MB" in str(err.value)
+    assert f"{disk} serves the set it served before, unchanged" in str(err.value)
+    assert hashlib.sha256(old["w.tar.gz"]).hexdigest()[:16] in str(err.value)
+    assert _served(disk) == old
+    # The estimate fits but the writing does not (an estimate too low, another writer): the same outcome, and no
+    # temporary is left (no hidden name but the lock, the pointer and the one set).
+    with pytest.raises(fileset.SetNotReplaced) as err:
+        _replace(disk, "new", tarball_bytes=600_000)
+    assert err.value.strerror == "No space left on device" and err.value.filename == os.path.join(disk, "w.tar.gz")
+    assert "serves the set it served before, unchanged" in str(err.value)
+    assert _served(disk) == old
+    assert len([n for n in os.listdir(disk) if n.startswith(".")]) == 3
+    check = subprocess.run(["sha256sum", "-c", "w.tar.gz.sha256"], capture_output=True, text=True, cwd=disk)
+    assert check.returncode == 0 and check.stdout == "w.tar.gz: OK\n", check.stdout + check.stderr
+
+
+def test_plain_files_of_an_earlier_publish_become_the_served_set(tmp_path):
+    """A folder written by an earlier publish.py (plain files; here the partial set issue 21 left: a tarball
+    alone) is adopted as it is, by hard links, before anything else happens to it."""
+    from cv.detection.utils import fileset
+
+    (tmp_path / "w.tar.gz").write_bytes(b"an earlier tarball")
+    inode = os.stat(tmp_path / "w.tar.gz").st_ino
+    served = fileset.recover(str(tmp_path), "w", FILES)
+    assert os.stat(os.path.join(served, "w.tar.gz")).st_ino == inode
+    assert _served(tmp_path) == {"w.tar.gz": b"an earlier tarball", "w.tar.gz.sha256": None, "w.json": None,
+                                 "w.md": None}
+    assert all(os.path.islink(tmp_path / n) for n in FILES)
+    assert fileset.recover(str(tmp_path), "w", FILES) == served  # recovering a recovered folder changes nothing
+    new = _replace(tmp_path, "new")
+    assert _served(tmp_path) == new
+
+
+_REPLACER = """
+import os
+import signal
+from cv.detection.utils import fileset
+with fileset.replace({folder!r}, "w", {files!r}, 0) as staging:
+    for name, data in {contents!r}.items():
+        with open(os.path.join(staging, name), "wb") as f:
+            f.write(data)
+"""
+
+
+def _stop_at(step, folder):
+    """Start a replacement of ``folder``'s set by the set "new", stopped (SIGSTOP) at ``step``: the Popen."""
+    env = dict(os.environ, CV_PAUSE_AT=step, PYTHONPATH=REPO)
+    code = _REPLACER.format(folder=str(folder), files=FILES, contents=_stand_in_set("new"))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    _wait_stopped(proc)
+    return proc
+
+
+def _wait_stopped(proc):
+    """Block until ``proc`` stops itself at its pause point (no timing involved); fail if it exits instead."""
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"exited ({status}) before its pause point: {proc.stderr.read()}"
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["republish", "first publish"])
+def test_kill_9_at_each_step_leaves_one_complete_set(tmp_path, first):
+    from cv.detection.utils import fileset
+
+    for step in STEPS:
+        folder = tmp_path / f"{step.split(':')[1]}-{first}"
+        folder.mkdir()
+        old = None if first else _replace(folder, "old")
+        before = {n: None for n in FILES} if first else old
+        after = _stand_in_set("new") if step == "publish:switched" else before
+        proc = _stop_at(step, folder)
+        assert _served(folder) == after, step  # a reader during the publish, at this very point
+        proc.kill()
+        proc.wait()
+        assert _served(folder) == after, step
+        # The next publish recovers: no temporary or unserved set is left, and it replaces the set as usual.
+        served = fileset.recover(str(folder), "w", FILES)
+        assert not [n for n in os.listdir(folder) if ".tmp-" in n]
+        assert [os.path.join(folder, n) for n in os.listdir(folder) if ".set-" in n] == ([served] if served else [])
+        assert _served(folder) == after, step
+        again = _replace(folder, "again")
+        assert _served(folder) == again, step
+
+
+# Slow: the same with publish.py and real weights (a set of about 100 MB).
+
+PUBLISHED = sorted(["ssd300_vgg16.tar.gz", "ssd300_vgg16.tar.gz.sha256", "ssd300_vgg16.json", "ssd300_vgg16.md"])
+PUBLISH_STEPS = ["publish:tarball"] + STEPS  # the first: half-way through writing the tarball
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory):
+    """A bare state dict of other weights than ``published``'s, to republish over them."""
+    path = tmp_path_factory.mktemp("other") / "weights"
+    flow.manual_seed(1)
+    flow.save(ssd300_vgg16(num_classes=NUM_CLASSES).state_dict(), str(path))
+    return str(path)
+
+
+def _serving(folder):
+    """A reader's check of a published folder: the four names, leading to one complete set (the tarball, its
+    digest and both cards agree); the tarball's SHA-256. Reads as a careful reader does: resolves one name, then
+    reads the set's other files beside what it resolved to."""
+    from cv.detection.utils.hub import file_sha256
+
+    assert sorted(n for n in os.listdir(folder) if not n.startswith(".")) == PUBLISHED
+    real = os.path.realpath(os.path.join(folder, "ssd300_vgg16.tar.gz"))
+    digest = file_sha256(real)
+
+    def beside(suffix):
+        with open(os.path.join(os.path.dirname(real), "ssd300_vgg16" + suffix)) as f:
+            return f.read()
+
+    assert beside(".tar.gz.sha256") == f"{digest}  ssd300_vgg16.tar.gz\n"
+    assert json.loads(beside(".json"))["artifact"]["sha256"] == digest and digest in beside(".md")
+    return digest
+
+
+def _sha256sum_c(folder):
+    """``sha256sum -c`` as a user runs it, in the folder (it follows the links)."""
+    check = subprocess.run(["sha256sum", "-c", "ssd300_vgg16.tar.gz.sha256"], capture_output=True, text=True,
+                           cwd=folder)
+    assert check.returncode == 0 and check.stdout == "ssd300_vgg16.tar.gz: OK\n", check.stdout + check.stderr
+
+
+def _start_publish(weights, folder, pause_at):
+    env = dict(os.environ, CV_PAUSE_AT=",".join(pause_at), PYTHONPATH=REPO)
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "publish.py"), weights, "-o",
+                             str(folder)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _copy_of(published, tmp_path, label):
+    """A copy of the folder ``published`` wrote (set files hard-linked: a publish never writes into a file)."""
+    import shutil
+
+    source = os.path.dirname(published["a"]["paths"]["tarball"])
+    return shutil.copytree(source, tmp_path / label, symlinks=True, copy_function=os.link,
+                           ignore=shutil.ignore_patterns(".lock"))
+
+
+@pytest.mark.slow
+def test_republishing_on_a_disk_with_room_for_one_set(published, other_weights, small_disk):
+    disk = small_disk(150)
+    publish(published["checkpoint"], str(disk))
+    old = _serving(disk)
+    before = {n: (disk / n).read_bytes() for n in PUBLISHED}
+    run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "publish.py"), other_weights, "-o",
+                          str(disk)], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert run.returncode == 1, run.stdout + run.stderr
+    line = run.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: No space left on device: {disk}/ssd300_vgg16.tar.gz (the new set needs about ")
+    assert f"; {disk} serves the set it served before, unchanged (installed " in line
+    assert line.endswith(f", sha256 {old[:16]}...)"), line
+    assert {n: (disk / n).read_bytes() for n in PUBLISHED} == before
+    assert _serving(disk) == old
+    _sha256sum_c(disk)
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_republish_leaves_one_complete_set(published, other_weights, tmp_path):
+    old, new = _serving(os.path.dirname(published["a"]["paths"]["tarball"])), None
+    for step in PUBLISH_STEPS:
+        folder = _copy_of(published, tmp_path, step.split(":")[1])
+        proc = _start_publish(other_weights, folder, [step])
+        _wait_stopped(proc)
+        during = _serving(folder)
+        proc.kill()
+        proc.communicate()
+        assert _serving(folder) == during, step
+        _sha256sum_c(folder)
+        if step == "publish:switched":
+            new = during
+        else:
+            assert during == old, step
+    assert new not in (None, old)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["publish:tarball", "publish:switched"])
+def test_sigterm_during_a_republish_says_which_set_is_served(published, other_weights, tmp_path, step):
+    folder = _copy_of(published, tmp_path, "folder")
+    old = _serving(folder)
+    proc = _start_publish(other_weights, folder, [step])
+    _wait_stopped(proc)
+    proc.terminate()
+    proc.send_signal(signal.SIGCONT)  # the handler runs as the process goes on
+    _, err = proc.communicate()
+    assert proc.returncode == 143, err
+    served = _serving(folder)
+    which = ("the new set" if step == "publish:switched" else "the set it served before, unchanged")
+    assert err.strip().splitlines()[-1].startswith(
+        f"stopped: SIGTERM received; {folder} serves {which} (installed "), err
+    assert (served == old) == (step != "publish:switched")
+    assert not [n for n in os.listdir(folder) if ".tmp-" in n]
+
+
+@pytest.mark.slow
+def test_a_reader_sees_one_complete_set_throughout_a_republish(published, other_weights, tmp_path):
+    """A reader verifies the folder over and over while it is republished; the publish also stops at each of its
+    steps until the reader has verified the folder there (events, not timing)."""
+    import threading
+
+    folder = _copy_of(published, tmp_path, "folder")
+    old = _serving(folder)
+    seen, errors, passes, changed, done = [], [], [0], threading.Condition(), threading.Event()
+
+    def reader():
+        while not done.is_set():
+            try:
+                seen.append(_serving(folder))
+            except Exception as e:  # noqa: BLE001 (reported by the test)
+                errors.append(repr(e))
+            with changed:
+                passes[0] += 1
+                changed.notify_all()
+
+    def two_more_passes():
+        with changed:
+            target = passes[0] + 2
+            assert changed.wait_for(lambda: passes[0] >= target or errors, timeout=600)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        proc = _start_publish(other_weights, folder, PUBLISH_STEPS)
+        for _ in PUBLISH_STEPS:
+            _wait_stopped(proc)
+            two_more_passes()
+            _sha256sum_c(folder)
+            proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate()
+        assert proc.returncode == 0, out + err
+        two_more_passes()
+    finally:
+        done.set()
+        thread.join()
+    new = _serving(folder)
+    assert errors == [] and new != old
+    assert set(seen) == {old, new} and seen == sorted(seen, key=[old, new].index)  # old, then new, never back

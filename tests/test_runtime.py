@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from cv import _runtime
-from tests.conftest import fresh_python
+from tests.conftest import fresh_python, missing_capability
 
 
 def run_python(code, **env_changes):
@@ -50,14 +50,15 @@ def test_find_cuda_libraries_in_load_order(tmp_path):
 
 def test_our_package_prepares_oneflow_from_any_directory():
     expected = _runtime.openblas_coretype(_runtime.cpu_flags()) or "unset"
-    got = run_python("import os, cv.detection.ssd300_vgg16, oneflow; print(os.environ.get('OPENBLAS_CORETYPE', 'unset'))")
+    got = run_python("import os, cv.detection.ssd300_vgg16, oneflow; "
+                     "print(os.environ.get('OPENBLAS_CORETYPE', 'unset'))")
     assert got == expected
 
 
 def test_importing_oneflow_first_is_told_what_it_costs():
     coretype = _runtime.openblas_coretype(_runtime.cpu_flags())
     if coretype is None:
-        pytest.skip("this CPU has no AVX: OpenBLAS's own choice is kept, so there is nothing to warn about")
+        missing_capability("a CPU with AVX (without it OpenBLAS's own choice is kept: there is nothing to warn about)")
     _, err = fresh_python("import oneflow, cv", cwd="/")  # an environment without setup.sh's start-up hook
     assert err.count("UserWarning") == 1 and f"import cv first, or set OPENBLAS_CORETYPE={coretype}" in err
 
@@ -80,7 +81,7 @@ def test_user_choice_of_coretype_is_kept():
 @pytest.mark.slow
 def test_chosen_coretype_computes_what_the_generic_one_does():
     if _runtime.openblas_coretype(_runtime.cpu_flags()) is None:
-        pytest.skip("this CPU gets OpenBLAS's own choice: there is no other core type to compare with")
+        missing_capability("a CPU with AVX (without it OpenBLAS's own choice is kept: no other core type to compare)")
     code = "import cv; " + ( ("import numpy as np, oneflow as flow, oneflow.nn.functional as F; flow.manual_seed(0); "
             "x = flow.randn(1, 64, 40, 40); w = flow.randn(96, 64, 3, 3); "
             "print(repr(F.conv2d(x, w, padding=1).numpy().astype(np.float64).sum()) + ' ' + "
@@ -89,3 +90,22 @@ def test_chosen_coretype_computes_what_the_generic_one_does():
     generic = [float(v) for v in run_python(code, OPENBLAS_CORETYPE="Prescott").split()]
     assert chosen == pytest.approx(generic, rel=1e-5)
     assert abs(chosen[0]) > 0
+
+
+@pytest.mark.parametrize("env, outcome", [({}, "skip"), ({"CI": "true"}, "fail"), ({"SSD300_REQUIRE_ALL": "1"}, "fail"),
+                                          ({"CI": "false"}, "skip")])
+def test_a_missing_capability_fails_where_every_test_must_run(monkeypatch, env, outcome):
+    """The one way a test gives up for want of root, a package or a CPU feature: a skip on a developer's
+    machine, a failure naming what is missing in CI (which sets CI=true), so CI cannot pass by skipping."""
+    from tests.conftest import import_or_missing
+
+    for name in ("CI", "SSD300_REQUIRE_ALL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
+    with pytest.raises(expected, match="missing capability: mounting a tmpfs"):
+        missing_capability("mounting a tmpfs")
+    with pytest.raises(expected, match="missing capability: the Python package no_such_module_here"):
+        import_or_missing("no_such_module_here")
+    assert import_or_missing("json").dumps([1]) == "[1]"

@@ -34,7 +34,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image
 
-from cv.detection.utils import fileio
+from cv.detection.utils import cli, fileio
 
 # libx264 at CRF 20 keeps drawn boxes and label text sharp. "veryfast" rather than x264's default "medium": about a
 # third of the encoding time per frame, which would otherwise cost a noticeable share of the frame rate on a CPU
@@ -418,6 +418,7 @@ def process_video(source, detect, to_records, draw, video_path, jsonl_path, batc
                     detections += len(dets)
                 lines.flush()
                 bar.update(len(batch))
+                cli.pause_point("video:batch")
             if frames == 0:
                 raise NoFrames(f"{source.name}: no frame was read" + (f" ({source.stop_reason})"
                                                                       if source.stop_reason else ""))

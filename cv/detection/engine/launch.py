@@ -15,10 +15,11 @@ within a second, so a preempted run loses the epoch in progress. Here:
   resumable checkpoint and exit; the launcher waits for them. Each process runs in its own session, so a Ctrl-C
   in the terminal reaches it once, through the launcher, and never its DataLoader workers directly. If the
   launcher itself dies, its processes get SIGTERM (``PR_SET_PDEATHSIG``) and stop the same way.
-* When a process fails, the others (and their loader workers) are killed two seconds later: they would wait
-  forever for it in the next collective. The exit status is the failed process's, and with several processes the
-  last line is its one-line error (:mod:`cv.detection.utils.cli` writes it to ``$CV_ERROR_FILE``), naming the rank; of
-  processes failing within those two seconds (a bad flag fails them all), the lowest rank is reported.
+* When a process fails, the others (and their loader workers) are killed two seconds later
+  (``CV_LAUNCH_GRACE_SECONDS`` sets another delay): they would wait forever for it in the next collective. The
+  exit status is the failed process's, and with several processes the last line is its one-line error
+  (:mod:`cv.detection.utils.cli` writes it to ``$CV_ERROR_FILE``), naming the rank; of processes failing within
+  those two seconds (a bad flag fails them all), the lowest rank is reported.
 * On node 0, a ``MASTER_PORT`` already in use is reported before anything starts.
 """
 import ctypes
@@ -33,6 +34,16 @@ import time
 
 PR_SET_PDEATHSIG = 1
 _GRACE_SECONDS = 2.0  # for the other processes to fail on their own before they are killed
+
+
+def _grace_seconds():
+    """The delay between a process failing and the others being killed (tests lengthen it, so that failures that
+    follow one another are seen as such on a machine of any speed)."""
+    text = os.environ.get("CV_LAUNCH_GRACE_SECONDS", "")
+    try:
+        return float(text) if text else _GRACE_SECONDS
+    except ValueError:
+        raise SystemExit(f"error: CV_LAUNCH_GRACE_SECONDS={text!r} is not a number of seconds") from None
 
 
 def visible_gpus():
@@ -130,7 +141,7 @@ def main(argv):
         raise SystemExit(f"error: MASTER_PORT={port} is not a port number (1-65535)")
     if node_rank == 0:
         _check_port_free(addr, port)
-    world = nproc * nnodes
+    world, grace = nproc * nnodes, _grace_seconds()
     errors = tempfile.mkdtemp(prefix="cv-launch-")
     children = {}  # pid -> (rank, Popen)
     stopping = []
@@ -177,7 +188,7 @@ def main(argv):
             child.returncode = os.waitstatus_to_exitcode(wait_status)
             if child.returncode != 0 and (not failed or kill_at is not None or stopping):
                 if not failed and not stopping:  # a real failure: the others would wait for this rank forever
-                    kill_at = time.monotonic() + _GRACE_SECONDS
+                    kill_at = time.monotonic() + grace
                 failed[rank] = child.returncode
         for _, child in children.values():  # loader workers left behind by a killed process
             try:

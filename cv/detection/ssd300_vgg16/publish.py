@@ -18,8 +18,12 @@ the layout flowvision's ``load_state_dict_from_url`` reads: a gzip tar of ONE di
 The tarball is reproducible (same checkpoint -> same bytes, so its digest identifies the weights, not the
 moment of publishing): members sorted, mtime 0, uid/gid 0 without names, fixed modes, gzip header without name or
 time, and tensor directories named by position rather than by OneFlow's process-wide counter (see
-:func:`_save_state_dict`). Every file is written aside and renamed into place (:func:`cv.detection.utils.fileio.atomic_path`);
-see :func:`publish` for what an interrupted run leaves.
+:func:`_save_state_dict`).
+
+The four names are replaced as one set (:mod:`cv.detection.utils.fileset`): they are links into a hidden folder
+holding one complete set, and a publish builds the new set beside the old one, then switches with one rename.
+After any failure (a full disk, SIGTERM, kill -9 at any point) the names serve the previous set byte for byte, or
+the complete new one, and the error line says which.
 """
 import datetime
 import gzip
@@ -33,7 +37,7 @@ from collections import OrderedDict
 import oneflow as flow
 
 from cv.detection.engine import checkpoint as ckpt
-from cv.detection.utils import fileio
+from cv.detection.utils import cli, fileset
 from cv.detection.evaluation.coco import STAT_NAMES
 from cv.detection.utils.hub import file_sha256
 from cv.detection.ssd300_vgg16 import REPO
@@ -145,7 +149,9 @@ def _write_tarball(directory, arcname, tar_path):
         # filename="" and mtime=0 keep the temporary name and the time out of the gzip header.
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
             with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for name, source in sorted(entries):
+                for i, (name, source) in enumerate(sorted(entries)):
+                    if i == len(entries) // 2:
+                        cli.pause_point("publish:tarball")  # a test looks at the folder mid-write
                     info = tarfile.TarInfo(name)
                     info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
                     if source is None:
@@ -355,11 +361,11 @@ def publish(checkpoint, output_dir, name=ARCH):
 
     Returns the card (a dict), plus ``"paths"``: the four files written. Raises FileNotFoundError for a missing
     path, PublishError (a ValueError) for anything that is not an SSD300-VGG16 checkpoint; both name the path.
-    OSError (a full disk...) propagates with nothing of the failed file left behind.
 
-    Each file is written aside and renamed into place, so no final name ever holds a partial file. The old
-    ``.sha256`` and cards are removed before the new tarball is renamed in, so an interrupted run may leave a
-    tarball without its digest, never beside a digest or card that describes other weights.
+    The four files replace those ``output_dir`` served as a whole (:func:`cv.detection.utils.fileset.replace`):
+    a failure (a full disk, checked before anything is written; Ctrl-C; SIGTERM made an Interrupted by
+    scripts/publish.py) is raised as an error that says which complete set ``output_dir`` now serves, and
+    leaves no partial file. DirectoryInUseError if another publish into ``output_dir`` is under way.
     """
     if not name or "." in name or "/" in name or os.sep in name:
         # flowvision derives the extracted directory's name from the file name up to its first dot.
@@ -372,24 +378,37 @@ def publish(checkpoint, output_dir, name=ARCH):
     meta = {"arch": ARCH, "num_classes": num_classes, "label_names": meta.get("label_names"),
             "label_to_category_id": _jsonable(meta.get("label_to_category_id"))}
 
-    os.makedirs(output_dir, exist_ok=True)
     final = {"tarball": f"{name}.tar.gz", "sha256": f"{name}.tar.gz.sha256", "card_json": f"{name}.json",
              "card_md": f"{name}.md"}
-    final = {k: os.path.join(output_dir, v) for k, v in final.items()}
     with tempfile.TemporaryDirectory(prefix="publish-") as work:
         weights_dir = os.path.join(work, name)
         _save_state_dict(state, weights_dir)
         with open(os.path.join(weights_dir, ckpt.META_FILE), "w") as f:
             json.dump(meta, f, indent=1, sort_keys=True)
-        for key in ("sha256", "card_json", "card_md"):
-            fileio.remove(final[key])
-        with fileio.atomic_path(final["tarball"]) as tmp:
-            _write_tarball(weights_dir, name, tmp)
-            sha256, size = file_sha256(tmp), os.path.getsize(tmp)
-    fileio.write_bytes(final["sha256"], f"{sha256}  {os.path.basename(final['tarball'])}\n".encode())
+        # The tarball is about the size of what it packs (weights barely compress); the digest and cards are small.
+        need = _tree_bytes(weights_dir) + (1 << 20)
+        with fileset.replace(output_dir, name, list(final.values()), need) as staging:
+            card = _write_set(staging, final, weights_dir, name, (checkpoint, state, payload, num_classes, meta))
+    return dict(card, paths={k: os.path.join(output_dir, v) for k, v in final.items()})
+
+
+def _tree_bytes(directory):
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(directory) for f in files)
+
+
+def _write_set(staging, final, weights_dir, name, source):
+    """Write the four files named in ``final`` into ``staging``; the card."""
+    checkpoint, state, payload, num_classes, meta = source
+    tarball = os.path.join(staging, final["tarball"])
+    _write_tarball(weights_dir, name, tarball)
+    sha256, size = file_sha256(tarball), os.path.getsize(tarball)
+    with open(os.path.join(staging, final["sha256"]), "w") as f:
+        f.write(f"{sha256}  {final['tarball']}\n")
     published = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    card = build_card(name, checkpoint, state, payload, num_classes, final["tarball"], sha256, size,
-                      source_commit(), published, meta)
-    fileio.write_bytes(final["card_json"], (json.dumps(card, indent=1) + "\n").encode())
-    fileio.write_bytes(final["card_md"], render_markdown(card).encode())
-    return dict(card, paths=final)
+    card = build_card(name, checkpoint, state, payload, num_classes, tarball, sha256, size, source_commit(),
+                      published, meta)
+    with open(os.path.join(staging, final["card_json"]), "w") as f:
+        f.write(json.dumps(card, indent=1) + "\n")
+    with open(os.path.join(staging, final["card_md"]), "w") as f:
+        f.write(render_markdown(card))
+    return card

@@ -189,3 +189,15 @@ def writable_dir(path, flag):
     except OSError as e:
         raise ValueError(f"{flag} {path} is not writable ({e.strerror})") from None
     return path
+
+
+# --- test hook ---------------------------------------------------------------------------------------------------
+
+def pause_point(step):
+    """Where a program reaches ``step`` (e.g. ``publish:switched``, ``video:batch``): if ``$CV_PAUSE_AT``
+    (comma-separated) names it, the process stops itself there (SIGSTOP), so that a test can look at its outputs at
+    that very point, then kill it, signal it, or let it go on (SIGCONT): events instead of sleeps, whatever the
+    machine's speed. Nothing happens otherwise."""
+    if step in os.environ.get("CV_PAUSE_AT", "").split(","):
+        print(f"paused at {step}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)

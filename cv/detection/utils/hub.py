@@ -460,9 +460,13 @@ def resolve_weights(source, sha256=None, progress=True, max_bytes=MAX_BYTES):
         return path
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such weights directory, tarball or URL: {source}")
-    got, expected = file_sha256(path), known_sha256("file://" + urllib.request.pathname2url(path), sha256)
+    # A published folder's names are links into its current set (cv.detection.utils.fileset): read the tarball and
+    # its digest where the link leads, so that a republish between the two reads cannot pair different sets.
+    real = os.path.realpath(path)
+    read = real if real != path and os.path.exists(real + ".sha256") else path
+    got, expected = file_sha256(read), known_sha256("file://" + urllib.request.pathname2url(read), sha256)
     if expected is not None and got != expected:
         said = "the given sha256" if sha256 is not None else f"{path}.sha256"
         raise ValueError(f"checksum mismatch for {path}: {said} says SHA-256 {expected}, the file has {got}")
     label = f"using tarball {path}" + (" (checksum verified)" if expected else "")
-    return _extract_into_cache(path, label, path, got, max_bytes)
+    return _extract_into_cache(read, label, path, got, max_bytes)
