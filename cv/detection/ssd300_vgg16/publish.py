@@ -39,6 +39,7 @@ import oneflow as flow
 from cv.detection.engine import checkpoint as ckpt
 from cv.detection.utils import cli, fileset
 from cv.detection.evaluation.coco import STAT_NAMES
+from cv.detection.models.transfer import TransferReport
 from cv.detection.utils.hub import file_sha256
 from cv.detection.ssd300_vgg16 import REPO
 from cv.detection.evaluation.voc import METRICS as VOC_METRICS
@@ -220,13 +221,16 @@ def build_card(name, checkpoint, state, payload, num_classes, tarball, sha256, s
                       "epoch": payload.get("epoch"),
                       "metric": "COCO bbox (pycocotools COCOeval), fractions in 0..1",
                       "box_ap": round(100 * stats["AP"], 1) if "AP" in stats else None,
-                      "stats": {k: stats[k] for k in STAT_NAMES if k in stats}}
+                      "stats": {k: stats[k] for k in STAT_NAMES if k in stats},
+                      "per_class": _jsonable(stats.get("per_class"))}
         evaluation["headline"] = {"name": "COCO box AP", "value": evaluation["box_ap"]}
     training = None
     if payload.get("args") is not None or "epoch" in payload:
         training = {"epochs_done": None if payload.get("epoch") is None else payload["epoch"] + 1,
                     "last_epoch": payload.get("epoch"), "iteration": payload.get("iteration"),
-                    "args": _jsonable(payload.get("args"))}
+                    "args": _jsonable(payload.get("args")),
+                    # Fine-tuned from other weights: where from, and what was transferred (models/transfer.py).
+                    "started_from": _jsonable((payload.get("args") or {}).get("init"))}
     return {
         "name": name,
         "architecture": {
@@ -310,6 +314,11 @@ def render_markdown(card):
         lines += [f"COCO box metrics (pycocotools COCOeval) on `{ev['dataset']}`{split}, evaluated after epoch "
                   f"{ev['epoch']} (in %):", "", "| Metric | Value |", "|---|---:|"]
         lines += [f"| {STAT_LABELS.get(k, k)} | {100 * v:.1f} |" for k, v in ev["stats"].items()]
+        if ev.get("per_class"):
+            lines += ["", "Per class (in %; -1: no ground truth in the evaluated images):", "",
+                      "| Class | Objects | AP | AP50 | AP75 |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {c['name']} | {c['gt']} | {100 * c['AP']:.1f} | {100 * c['AP50']:.1f} | "
+                      f"{100 * c['AP75']:.1f} |" for c in ev["per_class"]]
     else:
         lines.append("Unknown: the checkpoint records no evaluation"
                      + (" (a bare state dict holds only the weights)." if src["kind"] == "bare state dict"
@@ -317,6 +326,8 @@ def render_markdown(card):
     lines += ["", "## Training", ""]
     if tr:
         done = "unknown" if tr["epochs_done"] is None else tr["epochs_done"]
+        if tr.get("started_from"):
+            lines += [f"Fine-tuned from other weights: {TransferReport(**tr['started_from'])}.", ""]
         lines += [f"Epochs completed: {done}; iterations: {tr['iteration']}. Arguments:", "", "```json",
                   json.dumps(tr["args"], indent=1, sort_keys=True), "```"]
     else:
