@@ -128,6 +128,32 @@ def test_non_finite_loss_stops_naming_epoch_and_iteration(sample_dataset):
         trainer.train_epoch(make_loader(ds, 2, 0))
 
 
+def test_a_stop_request_ends_the_epoch_after_the_current_iteration_and_the_next_call_continues(sample_dataset):
+    """A stop requested during iteration 2 of 4: the epoch ends after it, with a progress record there (print_freq
+    notwithstanding) and the counters at 2 iterations into epoch 0; the next call trains the other 2."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = CocoDetection(sample_dataset, "train", max_images=4)
+
+    class Stop:
+        requested = False
+
+    class StoppedInStep2(Trainer):
+        def step(self, images, targets):
+            self.stop.requested = self.iteration == 1  # as a signal arriving during the step
+            return super().step(images, targets)
+
+    model, records = tiny_ssd(ds.num_classes), Records()
+    trainer = StoppedInStep2(model, flow.optim.SGD(model.parameters(), lr=0.01), lambda i, e: 0.01, "cpu",
+                             log=ProgressLog(100, records), stop=Stop())
+    loader = make_loader(ds, 1, 0)
+    assert trainer.train_epoch(loader) == 2
+    assert (trainer.iteration, trainer.epoch, trainer.part) == (2, -1, 2)
+    assert trainer.train_epoch(loader) == 4
+    assert (trainer.iteration, trainer.epoch, trainer.part) == (4, 0, 0)
+    assert [(r["epoch"], r["iter"], r["iters"], r["iteration"]) for r in records] == [(0, 2, 4, 2), (0, 4, 4, 4)]
+
+
 # --- checkpoints ---------------------------------------------------------------------------------------------
 
 
