@@ -53,7 +53,7 @@ def openblas_coretype(flags):
     """The OpenBLAS core type to force for a CPU with these flags, or None to leave OpenBLAS's own choice.
 
     AVX2 with FMA is the Haswell instruction set, so Haswell is safe wherever those two flags are present; on the
-    AVX-512 CPUs we measured, the AVX-512 kernels were no faster (README, "Speed"; ``benchmark.py --sections
+    AVX-512 CPUs we measured, the AVX-512 kernels were no faster (docs/performance.md; ``benchmark.py --sections
     coretype`` measures the machine at hand).
     """
     if {"avx2", "fma"} <= flags:
@@ -114,7 +114,7 @@ def install():
         coretype = openblas_coretype(cpu_flags())
         if coretype and "OPENBLAS_CORETYPE" not in os.environ:
             warnings.warn(f"oneflow was imported before cv, so OpenBLAS runs its generic kernels on this CPU (SSD300 "
-                          f"about 1.8x slower); import cv first, or set OPENBLAS_CORETYPE={coretype}", stacklevel=3)
+                          f"much slower); import cv first, or set OPENBLAS_CORETYPE={coretype}", stacklevel=3)
         return
     if not any(isinstance(f, _BeforeOneFlow) for f in sys.meta_path):
         sys.meta_path.insert(0, _BeforeOneFlow())

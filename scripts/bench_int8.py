@@ -33,6 +33,9 @@ import time
 import numpy as np
 import oneflow as flow
 
+# The fitted SSD300 comes from a test helper (tests/fitting.py), which is not part of the library.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
 TORCHVISION_WORKER = r"""
 import json, sys, time
 import numpy as np, torch

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/benchmark.py [--sections ...] [--batch-size 4] [--repeats 5] [--json out.json]
 
-Sections (default: all, about 10 minutes on 2 cores):
+Sections (default: all; docs/performance.md has their results):
 
 train: one SGD step (forward, loss, backward, update) of our SSD300-VGG16 against flowvision's ``ssd300_vgg16``,
 with identical weights, images and targets, in one process, the two alternating so that machine noise hits both
@@ -50,8 +50,8 @@ export's one-off time. Random weights (unless --weights) are the worst case for 
 video: frames per second of ``infer.sh --video`` end to end (decode, detection, drawing, H.264 encoding, the JSON
 lines) on a 640x480 camera-like clip of --video-frames frames (a pan across a grainy textured scene, H.264), batch 4,
 with each backend (OneFlow eager; ONNX Runtime with the network exported as infer.sh does), alternated; also the
-video work alone (no detector). Drawing costs ~0.5 ms per labelled box: an untrained model draws 200 per frame at
-infer.sh's threshold 0.3, a trained one a few (--video-score-threshold 0.999 makes random weights draw ~3).
+video work alone (no detector). Drawing has a cost per labelled box: an untrained model draws hundreds per frame
+at infer.sh's threshold 0.3, a trained one a few (--video-score-threshold 0.999 makes random weights draw a few).
 """
 import argparse
 import glob
@@ -64,6 +64,9 @@ import time
 
 import cv  # noqa: F401  (prepares OneFlow before it is imported)
 import oneflow as flow
+
+# The reference implementations we compare against live with the tests, not in the library (tests/reference.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 
 def make_batch(batch_size, seed=0):
@@ -153,7 +156,9 @@ def bench_data(args):
     from cv.detection.ssd300_vgg16.model import train_transform
     from cv.detection.data.transforms import ssd_eval_transform, to_chw_float
 
-    chain = train_transform().reference()
+    from reference import literal_chain
+
+    chain = literal_chain(train_transform())
 
     def literal_chain(image, boxes, labels, rng):
         image, boxes, labels = chain(image, boxes, labels, rng)
@@ -345,7 +350,7 @@ def bench_video(args):
         contenders["video work alone (no detector)"] = end_to_end(lambda frames: [None] * len(frames), lambda _: [])
         times = time_alternating(contenders, args.repeats)
         contenders["onnxruntime"]()
-        with open(os.path.join(root, "out.jsonl")) as f:  # drawing costs ~0.5 ms per labelled box
+        with open(os.path.join(root, "out.jsonl")) as f:  # drawing has a cost per labelled box (module docstring)
             boxes = [len(json.loads(line)["detections"]) for line in f]
     result = {name: summarize([args.video_frames / t for t in ts]) for name, ts in times.items()}
     result["boxes_per_frame"] = sum(boxes) / len(boxes)
@@ -425,7 +430,8 @@ def bench_eval(args):
     import contextlib
     import io
 
-    from cv.detection.evaluation.coco import STAT_NAMES, CocoEvaluator, detections_to_coco_results, pycocotools_stats
+    from cv.detection.evaluation.coco import STAT_NAMES, CocoEvaluator, detections_to_coco_results
+    from reference import pycocotools_stats
 
     gt, dets = coco_val_sized_case(args.eval_images)
     mapping = {c["id"]: c["id"] for c in gt["categories"]}

@@ -12,7 +12,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from cv.detection.evaluation.coco import STAT_NAMES, CocoEvaluator, detections_to_coco_results, pycocotools_stats
+from cv.detection.evaluation.coco import STAT_NAMES, CocoEvaluator, detections_to_coco_results
+from reference import pycocotools_stats
 from tests.conftest import free_port
 
 LABEL_TO_CATEGORY_ID = {1: 1, 2: 3, 3: 7}

@@ -13,7 +13,8 @@ import pytest
 
 from cv.detection.engine import checkpoint as ckpt
 from cv.detection.data.coco import COCO_CATEGORIES, COCO_LABEL_NAMES
-from cv.detection.evaluation.coco import STAT_NAMES, pycocotools_stats
+from cv.detection.evaluation.coco import STAT_NAMES
+from reference import pycocotools_stats
 from tests.conftest import INFER_SH, REPO, TRAIN_SH, quick_args, run
 
 pytestmark = pytest.mark.slow

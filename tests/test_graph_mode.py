@@ -22,7 +22,8 @@ from oneflow import nn
 from cv.detection.engine import checkpoint as ckpt
 from cv.detection.data.coco import CocoDetection
 from cv.detection.data.base import make_loader
-from cv.detection.engine.trainer import DynamicLossScaler, learning_rate, read_metrics, train_one_epoch
+from cv.detection.engine.trainer import (DynamicLossScaler, GraphModeTrainer, LrSchedule, ProgressLog, Trainer,
+                                         learning_rate, read_metrics)
 from cv.detection.engine.graph_mode import EngineScheduleLR, GraphTrainer, box_capacity, lr_step_iterations
 from tests import graph_mode_worker as worker
 from tests.conftest import TRAIN, TRAIN_SH, free_port, quick_args, run, tiny_ssd
@@ -289,9 +290,9 @@ def test_amp_graph_scales_the_loss_skips_overflowing_steps_and_keeps_the_lr_coun
 
 
 @pytest.mark.slow
-def test_the_graph_trains_through_train_one_epoch(sample_dataset):
-    """train_one_epoch with graph_step: the same logged losses and weights as the eager loop (2 iterations of
-    tiny_ssd on the sample dataset's images at 64x64, through the training augmentation)."""
+def test_the_graph_trains_through_the_trainer(sample_dataset):
+    """GraphModeTrainer: the same logged losses and weights as the eager Trainer (2 iterations of tiny_ssd on the
+    sample dataset's images at 64x64, through the training augmentation)."""
     from cv.detection.data.transforms import ssd_train_transform
 
     with warnings.catch_warnings():
@@ -303,18 +304,19 @@ def test_the_graph_trains_through_train_one_epoch(sample_dataset):
         model = tiny_ssd(ds.num_classes)
         optimizer = flow.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
         state = {"iteration": 0, "epoch": -1, "part": 0}
-        schedule = lambda it, ep: learning_rate(0.02, it, ep, 1, [])  # noqa: E731
-        trainer = GraphTrainer(model, optimizer, 0.02, 1, [], state, 2, "cpu") if mode == "graph" else None
         records = []
 
         class Metrics:
             write = staticmethod(records.append)
 
-        train_one_epoch(model, optimizer, make_loader(ds, 2, 0), "cpu", 0, state, schedule, print_freq=1,
-                        metrics=Metrics, graph_step=trainer)
-        if trainer:
-            trainer.export()
-        results[mode] = (records, model.state_dict(), state["iteration"])
+        parts = dict(model=model, optimizer=optimizer, schedule=LrSchedule(0.02, 1, []), device="cpu",
+                     log=ProgressLog(1, Metrics))
+        if mode == "graph":
+            trainer = GraphModeTrainer(GraphTrainer(model, optimizer, 0.02, 1, [], state, 2, "cpu"), **parts)
+        else:
+            trainer = Trainer(**parts)
+        trainer.train_epoch(make_loader(ds, 2, 0))
+        results[mode] = (records, model.state_dict(), trainer.iteration)
     (eager_records, eager_weights, eager_it), (graph_records, graph_weights, graph_it) = results.values()
     assert eager_it == graph_it == 2
     for a, b in zip(eager_records, graph_records):

@@ -1,7 +1,7 @@
 """The training loop, checkpoints and the training program (``cv.detection.ssd300_vgg16.train``, ``train.sh``).
 
 The program runs for real in subprocesses (one process, and two under the launcher) on a few sample images: SSD300
-costs ~4 s per image and step on this CPU. The learning proof uses the same loop (:func:`train_one_epoch`,
+costs ~4 s per image and step on this CPU. The learning proof uses the same loop (:class:`Trainer`,
 :func:`evaluate`) with a small SSD built from the same classes, which can overfit a handful of images within a CI
 budget; SSD300 from scratch cannot.
 """
@@ -26,8 +26,8 @@ from cv.detection.models.anchors import DefaultBoxGenerator
 from cv.detection.data.coco import CocoDetection
 from cv.detection.data.base import make_loader
 from cv.detection.evaluation.coco import CocoEvaluator
-from cv.detection.engine.trainer import (DynamicLossScaler, NonFiniteLossError, evaluate, learning_rate, read_metrics,
-                                 train_one_epoch)
+from cv.detection.engine.trainer import (AmpTrainer, DynamicLossScaler, NonFiniteLossError, ProgressLog, Trainer,
+                                         evaluate, learning_rate, read_metrics)
 from cv.detection.models.layers import Conv2d
 from cv.detection.models.ssd import SSD
 from tests.conftest import (TRAIN, TRAIN_SH, free_port, last_line, plant_payload, quick_args, run, tiny_ssd)
@@ -62,23 +62,23 @@ def test_dynamic_loss_scaler_skips_bad_steps_and_grows():
 
 
 def test_amp_loss_scaling_in_the_training_loop(sample_dataset):
-    """The --amp path of train_one_epoch on CPU (autocast only changes CUDA ops): a scaled step lands where an
-    unscaled one does, and a step whose scaled gradients overflow is skipped with the scale halved."""
+    """The --amp trainer on CPU (autocast only changes CUDA ops): a scaled step lands where an unscaled one does,
+    and a step whose scaled gradients overflow is skipped with the scale halved."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = CocoDetection(sample_dataset, "train", max_images=2)
     plain, scaled = tiny_ssd(ds.num_classes), tiny_ssd(ds.num_classes)
     loader = make_loader(ds, 2, 0)
-    for model, scaler in ((plain, None), (scaled, DynamicLossScaler(init_scale=1024.0))):
-        optimizer = flow.optim.SGD(model.parameters(), lr=0.01)
-        train_one_epoch(model, optimizer, loader, "cpu", 0, {"iteration": 0}, lambda i, e: 0.01, amp_scaler=scaler)
+    Trainer(plain, flow.optim.SGD(plain.parameters(), lr=0.01), lambda i, e: 0.01, "cpu").train_epoch(loader)
+    AmpTrainer(scaled, flow.optim.SGD(scaled.parameters(), lr=0.01), lambda i, e: 0.01, "cpu",
+               scaler=DynamicLossScaler(init_scale=1024.0)).train_epoch(loader)
     for (name, a), b in zip(plain.state_dict().items(), scaled.state_dict().values()):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
     before = {k: v.numpy().copy() for k, v in scaled.state_dict().items()}
     # 2^128 is past float32's largest value: the scaled loss and its gradients overflow.
     overflow = DynamicLossScaler(init_scale=2.0 ** 128)
-    train_one_epoch(scaled, flow.optim.SGD(scaled.parameters(), lr=0.01), loader, "cpu", 0, {"iteration": 0},
-                    lambda i, e: 0.01, amp_scaler=overflow)
+    AmpTrainer(scaled, flow.optim.SGD(scaled.parameters(), lr=0.01), lambda i, e: 0.01, "cpu",
+               scaler=overflow).train_epoch(loader)
     assert overflow.scale == 2.0 ** 127
     for name, value in scaled.state_dict().items():
         if "running" not in name and "num_batches" not in name:
@@ -122,9 +122,36 @@ def test_non_finite_loss_stops_naming_epoch_and_iteration(sample_dataset):
     model = tiny_ssd(num_classes=ds.num_classes)
     with flow.no_grad():
         model.head.classification_head.module_list[0].weight[0, 0, 0, 0] = float("nan")
-    optimizer = flow.optim.SGD(model.parameters(), lr=0.01)
+    trainer = Trainer(model, flow.optim.SGD(model.parameters(), lr=0.01), lambda i, e: 0.01, "cpu")
+    trainer.iteration, trainer.epoch = 7, 2
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 3, iteration 0 of 2 \(global 7\)"):
-        train_one_epoch(model, optimizer, make_loader(ds, 2, 0), "cpu", 3, {"iteration": 7}, lambda i, e: 0.01)
+        trainer.train_epoch(make_loader(ds, 2, 0))
+
+
+def test_a_stop_request_ends_the_epoch_after_the_current_iteration_and_the_next_call_continues(sample_dataset):
+    """A stop requested during iteration 2 of 4: the epoch ends after it, with a progress record there (print_freq
+    notwithstanding) and the counters at 2 iterations into epoch 0; the next call trains the other 2."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = CocoDetection(sample_dataset, "train", max_images=4)
+
+    class Stop:
+        requested = False
+
+    class StoppedInStep2(Trainer):
+        def step(self, images, targets):
+            self.stop.requested = self.iteration == 1  # as a signal arriving during the step
+            return super().step(images, targets)
+
+    model, records = tiny_ssd(ds.num_classes), Records()
+    trainer = StoppedInStep2(model, flow.optim.SGD(model.parameters(), lr=0.01), lambda i, e: 0.01, "cpu",
+                             log=ProgressLog(100, records), stop=Stop())
+    loader = make_loader(ds, 1, 0)
+    assert trainer.train_epoch(loader) == 2
+    assert (trainer.iteration, trainer.epoch, trainer.part) == (2, -1, 2)
+    assert trainer.train_epoch(loader) == 4
+    assert (trainer.iteration, trainer.epoch, trainer.part) == (4, 0, 0)
+    assert [(r["epoch"], r["iter"], r["iters"], r["iteration"]) for r in records] == [(0, 2, 4, 2), (0, 4, 4, 4)]
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
@@ -302,9 +329,10 @@ def test_training_makes_the_model_find_the_objects(sample_dataset, capsys):
                 image_std=[0.25] * 3)
     optimizer = flow.optim.Adam(model.parameters(), lr=0.003)
     loader = make_loader(train_set, batch_size=8, workers=0)
-    state, records = {"iteration": 0}, Records()
-    for epoch in range(120):
-        train_one_epoch(model, optimizer, loader, "cpu", epoch, state, lambda i, e: 0.003, 1, records)
+    records = Records()
+    trainer = Trainer(model, optimizer, lambda i, e: 0.003, "cpu", log=ProgressLog(1, records))
+    for _ in range(120):
+        trainer.train_epoch(loader)
     losses = [r["loss"] for r in records]
     stats = evaluate(model, make_loader(eval_set, 8, 0, shuffle=False),
                      CocoEvaluator(eval_set.dataset, eval_set.label_to_category_id), "cpu")

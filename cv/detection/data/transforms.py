@@ -23,7 +23,7 @@ given parameters (``distort``, ``expand``, ``crop``, ``flip``); the tests drive 
 Speed (:class:`SSDTrainTransform`): the literal chain photometric -> zoom-out -> crop -> flip -> resize would
 distort a full-resolution image and paste it on a canvas of up to 16x its area, most of which the crop and resize
 throw away. The preset instead draws the parameters in the same order from the same ``rng`` (so it takes the same
-random decisions as :meth:`SSDTrainTransform.reference`, the literal chain), computes boxes with the same functions,
+random decisions as the literal chain, ``tests/reference.py``), computes boxes with the same functions,
 and renders the pixels in one resampling step:
 
 * zoom-out + crop + resize compose into one affine map; only the part of the source image that lands in the output
@@ -46,6 +46,8 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 from PIL import Image
+
+from cv.detection.models.box_ops_numpy import box_iou
 
 # --- the recipe's parameters, all in one place (the output size and the zoom-out fill, the model's mean colour,
 # are the model's: SSD300_CONFIG passes them in) -------------------------------------------------------------------
@@ -127,16 +129,6 @@ def resize_boxes(boxes, old_size, new_size):
     scale = np.asarray([new_w / w, new_h / h, new_w / w, new_h / h])
     limit = np.asarray([new_w, new_h, new_w, new_h])
     return np.clip(boxes * scale, 0, limit).astype(np.float32).reshape(-1, 4)
-
-
-def box_iou(boxes1, boxes2):
-    """IoU ``[P, N]`` of ``boxes1 [P, 4]`` with ``boxes2 [N, 4]`` (NumPy; :mod:`box_ops` is OneFlow)."""
-    lt = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area1 = np.prod(boxes1[:, 2:] - boxes1[:, :2], axis=1)
-    area2 = np.prod(boxes2[:, 2:] - boxes2[:, :2], axis=1)
-    return inter / (area1[:, None] + area2[None, :] - inter)
 
 
 # --- photometric operations: per-pixel maps on PIL RGB images ------------------------------------------------------
@@ -414,7 +406,7 @@ class SSDTrainTransform:
     """Photometric distortion -> zoom-out -> IoU crop -> flip -> resize to ``size = (height, width)``, then
     conversion: ``(float32 [3, H, W] in 0-1, boxes float32 [N, 4], labels int64 [N])``.
 
-    Takes the same random decisions as :meth:`reference` (the literal chain of the transforms above) for the same
+    Takes the same random decisions as the literal chain of the transforms above (``tests/reference.py``) for the same
     ``rng`` state, and returns the same boxes and labels; the pixels are rendered in one step (module docstring).
     """
 
@@ -426,13 +418,9 @@ class SSDTrainTransform:
         self.flip = HorizontalFlip()
         self.resize = Resize(size)
 
-    def reference(self):
-        """The literal chain (slow: builds the zoom-out canvas and distorts full-resolution pixels). Returns PIL."""
-        return Compose([self.photometric, self.zoom_out, self.iou_crop, self.flip, self.resize])
-
     def sample(self, image_size, boxes, rng):
         """Draw a :class:`Plan` for an image of ``image_size = (width, height)`` with float32 ``boxes``, consuming
-        ``rng`` exactly as :meth:`reference` does."""
+        ``rng`` exactly as the literal chain does."""
         photometric = self.photometric.sample(rng)
         zoom = self.zoom_out.sample(image_size, rng)
         if zoom is None:

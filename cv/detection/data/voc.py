@@ -48,7 +48,6 @@ from cv.detection.data.base import DetectionDataset, ImageRecord
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
-VOC_NUM_CLASSES = len(VOC_CLASSES) + 1
 VOC_LABEL_NAMES = ["__background__", *VOC_CLASSES]
 
 # Pixels a box may leave the image by and still be clipped to it: what 0-based tools (0..W) and rounding produce.

@@ -23,7 +23,7 @@ from oneflow import nn
 from cv.detection.utils import fileio
 
 # oneflow-onnx 0.6.2 writes ReduceSum's axes as an attribute, which opset 13 moved to an input: ONNX Runtime then
-# sums over every axis (measured: the L2-normalised conv4_3 map off by 100%). Opset 12 still takes the attribute.
+# sums over every axis (the L2-normalised conv4_3 map came out wrong). Opset 12 still takes the attribute.
 OPSET = 12
 
 
@@ -121,7 +121,7 @@ class OnnxRuntimeSSD:
         if threads:
             options.intra_op_num_threads = threads
         # ONNX Runtime's worker threads otherwise spin for a while after each run, taking the cores the
-        # post-processing that follows (OneFlow and NumPy) needs: measured 20 ms per image more end to end.
+        # post-processing that follows (OneFlow and NumPy) needs, which slows every image down (docs/performance.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

@@ -46,7 +46,9 @@ import time
 import numpy as np
 import oneflow as flow
 
+from cv.detection.models.box_ops_numpy import box_iou
 from cv.detection.utils import fileio
+from cv.detection.utils.arrays import as_numpy
 
 # Everything that decides the quantized network besides the weights and the calibration images: part of the
 # cache key, so changing any of it re-quantizes.
@@ -245,21 +247,15 @@ def match_rate(reference, candidate, score_threshold=0.3, iou_threshold=0.9):
     """``(matched, total)``: of ``reference``'s detections scoring at least ``score_threshold`` (per image, dicts of
     ``boxes``, ``scores``, ``labels``: tensors or arrays), how many ``candidate`` has too, with the same label and an
     IoU of at least ``iou_threshold`` (any score)."""
-    from cv.detection.evaluation.coco import _as_numpy
-
     matched = total = 0
     for ref, cand in zip(reference, candidate, strict=True):
-        keep = _as_numpy(ref["scores"]) >= score_threshold
-        boxes, labels = _as_numpy(ref["boxes"])[keep].reshape(-1, 4), _as_numpy(ref["labels"])[keep]
-        other, other_labels = _as_numpy(cand["boxes"]).reshape(-1, 4), _as_numpy(cand["labels"])
+        keep = as_numpy(ref["scores"]) >= score_threshold
+        boxes, labels = as_numpy(ref["boxes"])[keep].reshape(-1, 4), as_numpy(ref["labels"])[keep]
+        other, other_labels = as_numpy(cand["boxes"]).reshape(-1, 4), as_numpy(cand["labels"])
         total += len(boxes)
         if not len(boxes) or not len(other):
             continue
-        lt = np.maximum(boxes[:, None, :2], other[None, :, :2])
-        rb = np.minimum(boxes[:, None, 2:], other[None, :, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-        iou = inter / (area(boxes)[:, None] + area(other)[None, :] - inter)
+        iou = box_iou(boxes, other)
         iou[labels[:, None] != other_labels[None, :]] = 0
         matched += int((iou.max(axis=1) >= iou_threshold).sum())
     return matched, total

@@ -43,8 +43,8 @@ ENCODER = {"codec": "libx264", "crf": "20", "preset": "veryfast"}
 FASTSTART = {"movflags": "faststart"}
 # negative_cts_offsets: without an edit list (a fragmented file has none) B-frame reordering would otherwise delay
 # every timestamp by two frames; frag_duration: a new fragment at least every second (microseconds);
-# flush_packets: written through to the file, not held in FFmpeg's buffer (measured: a recording killed after 8 s
-# had left 24 bytes without it; 7 s of playable video with it and x264's zerolatency tuning).
+# flush_packets: written through to the file, not held in FFmpeg's buffer (without it, a recording killed after a
+# few seconds had left nothing playable; with it and x264's zerolatency tuning, all but its last moments play).
 FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets",
               "frag_duration": "1000000", "flush_packets": "1"}
 # FFmpeg demuxers of still images: they open a photo as a one-frame "video".

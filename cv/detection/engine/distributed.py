@@ -2,6 +2,7 @@
 environment the launcher sets; a plain ``python`` run is rank 0 of 1)."""
 import os
 
+import numpy as np
 import oneflow as flow
 
 
@@ -59,6 +60,48 @@ def all_gather_ints(values):
     out = [None] * world_size()
     flow.comm.all_gather(out, flow.tensor(list(values), dtype=flow.int64))
     return [t.numpy().tolist() for t in out]
+
+
+def all_gather_arrays(array):
+    """Every rank's 1-D float64 ``array`` (lengths may differ), in rank order, on every rank (a collective).
+
+    oneflow 0.9's ``oneflow.comm`` has tensor collectives only, with equal shapes: first every length travels, then
+    the arrays padded to the longest. CPU tensors (oneflow puts a process's CPU tensors on ``cpu:<local rank>``, as
+    ``all_gather`` requires) whether or not the model runs on a GPU: this is host data anyway. Plain numbers, never a
+    pickle: nothing a rank sends can run code on another.
+    """
+    lengths = [None] * world_size()
+    flow.comm.all_gather(lengths, flow.tensor([len(array)], dtype=flow.int64))
+    lengths = [int(t.numpy()[0]) for t in lengths]
+    padded = np.zeros(max(lengths), dtype=np.float64)
+    padded[:len(array)] = array
+    chunks = [None] * world_size()
+    flow.comm.all_gather(chunks, flow.tensor(padded, dtype=flow.float64))
+    return [chunk.numpy()[:length] for chunk, length in zip(chunks, lengths)]
+
+
+def gather_per_image(per_image):
+    """Merge every rank's ``{image_id: [N, 6] float64 rows}`` into rank 0's ``per_image``, in place; a collective.
+
+    Rank 0's own images come first as they are; the other ranks' follow in rank order, skipping images already
+    present (a distributed sampler pads the last batch by repeating images, possibly on another rank, and a
+    repeated image would count its ground truth twice; a second gather changes nothing). Returns how many copies
+    were skipped (0 on the other ranks, whose ``per_image`` is left as it was).
+    """
+    ids = np.asarray(list(per_image), dtype=np.float64)
+    rows = [np.column_stack([np.full(len(r), i, dtype=np.float64), r]) for i, r in per_image.items()]
+    rows = np.concatenate(rows).ravel() if rows else np.zeros(0)
+    all_ids, all_rows = all_gather_arrays(ids), all_gather_arrays(rows)
+    skipped = 0
+    if is_main():
+        for ids, rows in zip(all_ids[1:], all_rows[1:]):
+            rows = rows.reshape(-1, 7)
+            for image_id in ids.astype(np.int64).tolist():
+                if image_id in per_image:
+                    skipped += 1
+                else:
+                    per_image[image_id] = rows[rows[:, 0] == image_id, 1:]
+    return skipped
 
 
 def check_same_weights(model):

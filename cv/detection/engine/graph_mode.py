@@ -22,9 +22,7 @@ positives, and the gradient is the mean over processes (see :class:`TrainingLoss
 
 **Differences from eager training**, besides float32 rounding (tests/test_graph_mode.py): training images must all
 be at the model's input size (the training transform's output is); an image with more boxes than the step holds
-keeps its first ones, counted and reported (cannot happen in the training program, see :func:`box_capacity`); and
-a non-finite loss is seen after the graph has applied its step rather than before (training stops with the same
-error either way, saving nothing).
+keeps its first ones, counted and reported (cannot happen in the training program, see :func:`box_capacity`).
 """
 import copy
 

@@ -1,12 +1,15 @@
-"""Training and evaluation loops shared by the detectors: one epoch of training, one pass of evaluation.
+"""Training and evaluation shared by the detectors: a trainer that owns a run's state and trains epoch by epoch
+(:class:`Trainer`; :class:`AmpTrainer` and :class:`GraphModeTrainer` change only its step), one pass of evaluation.
 
-Distributed runs (:mod:`cv.detection.engine.launch`) are handled here and in :mod:`cv.detection.engine.distributed`: every rank
-trains on its own shard, losses are averaged across ranks for logging only, and only rank 0 prints and writes.
+Distributed runs (:mod:`cv.detection.engine.launch`) are handled here and in :mod:`cv.detection.engine.distributed`:
+every rank trains on its own shard, losses are averaged across ranks for logging only, and only rank 0 prints and
+writes.
 """
 import json
 import math
 import sys
 import time
+from typing import NamedTuple, Sequence
 
 import oneflow as flow
 
@@ -77,101 +80,199 @@ def format_seconds(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def train_one_epoch(model, optimizer, loader, device, epoch, state, schedule, print_freq=20, metrics=None,
-                    amp_scaler=None, total_epochs=None, start=0, stop=None, graph_step=None):
-    """Train ``model`` for one epoch of ``loader``, or for its rest from batch ``start`` (a resumed run).
+class LrSchedule(NamedTuple):
+    """:func:`learning_rate` with its settings: ``schedule(iteration, epoch) -> lr``."""
+
+    base_lr: float
+    warmup_iters: int = 0
+    lr_steps: Sequence[int] = ()
+
+    def __call__(self, iteration, epoch):
+        return learning_rate(self.base_lr, iteration, epoch, self.warmup_iters, self.lr_steps)
+
+
+# The logged losses: their sum and the model's two terms, in this order in the progress lines and metrics records.
+LOSS_KEYS = ("loss", "bbox_regression", "classification")
+
+
+class ProgressLog:
+    """The progress lines (rank 0) and the ``train`` records of the metrics file, every ``print_freq`` iterations,
+    at the end of an epoch and at a stop: the losses averaged over the iterations since the previous line, images
+    per second and the ETA (over ``total_epochs``). ``metrics``: a :class:`MetricsFile` (rank 0) or None."""
+
+    def __init__(self, print_freq=20, metrics=None, total_epochs=None):
+        self.print_freq, self.metrics, self.total_epochs = print_freq, metrics, total_epochs
+
+    def start_epoch(self, epoch, start, num_iters):
+        """An epoch of ``num_iters`` iterations whose first ``start`` are done already (a resumed run)."""
+        self.epoch, self.start, self.num_iters = epoch, start, num_iters
+        self.epoch_start = time.perf_counter()
+        self._new_window(self.epoch_start)
+
+    def _new_window(self, now):
+        self.window = dict.fromkeys(LOSS_KEYS + ("images", "iters"), 0.0)
+        self.window_start = now
+
+    def add(self, values, images):
+        """One iteration's losses (``LOSS_KEYS`` -> float) over ``images`` images (all ranks)."""
+        for key in LOSS_KEYS:
+            self.window[key] += values[key]
+        self.window["images"] += images
+        self.window["iters"] += 1
+
+    def write(self, i, iteration, lr, force=False):
+        """After the epoch's iteration ``i`` (global ``iteration``), if a line is due or ``force``."""
+        if not (force or i % self.print_freq == 0 or i == self.num_iters):
+            return
+        now, window = time.perf_counter(), self.window
+        per_iter = (now - self.epoch_start) / (i - self.start)
+        remaining = self.num_iters - i + self.num_iters * ((self.total_epochs or self.epoch + 1) - self.epoch - 1)
+        record = {"type": "train", "epoch": self.epoch, "iter": i, "iters": self.num_iters, "iteration": iteration,
+                  "lr": lr, **{k: window[k] / window["iters"] for k in LOSS_KEYS},
+                  "images_per_s": window["images"] / max(now - self.window_start, 1e-9), "eta_s": per_iter * remaining}
+        dist.print0(f"epoch {self.epoch} [{i:>{len(str(self.num_iters))}}/{self.num_iters}]  lr {lr:.3g}  "
+                    f"loss {record['loss']:.4f} (box {record['bbox_regression']:.4f}, "
+                    f"cls {record['classification']:.4f})  {record['images_per_s']:.2f} img/s  "
+                    f"eta {format_seconds(record['eta_s'])}")
+        if self.metrics is not None:
+            self.metrics.write(record)
+        self._new_window(now)
+
+
+class Trainer:
+    """A training run's state and its epoch loop, eager (detectron2's ``SimpleTrainer``): :meth:`step` is one SGD step;
+    :class:`AmpTrainer` and :class:`GraphModeTrainer` override it (and only it, and :meth:`sync_model`).
 
     Args:
-        state: the run's counters, updated in place: ``state["iteration"]`` is the global iteration.
-        schedule: ``schedule(iteration, epoch) -> lr``, applied before every step.
-        metrics: a :class:`MetricsFile` (rank 0) or None; logged iterations are written to it.
-        amp_scaler: a :class:`DynamicLossScaler` to train under ``flow.autocast`` (CUDA only), or None.
-        total_epochs: for the ETA.
-        stop: a :class:`cv.detection.utils.cli.StopRequest`; when any rank has one requested, every rank stops after the
-            same iteration.
-        graph_step: a :class:`cv.detection.engine.graph_mode.GraphTrainer` to train in graph mode (``--graph``): it runs
-            each step (forward, backward, SGD update) as one ``nn.Graph``, with its own copy of ``schedule``.
+        model: the model, on ``device``; checkpoints and evaluation read it.
+        optimizer: over ``model``'s trainable parameters; its learning rate is set from ``schedule`` before every step.
+        schedule: ``schedule(iteration, epoch) -> lr`` (an :class:`LrSchedule`).
+        net: what runs the forward pass: ``DistributedDataParallel(model)`` in a distributed eager run (default:
+            ``model``).
+        log: a :class:`ProgressLog` (default: every 20 iterations, no metrics file).
+        stop: a :class:`cv.detection.utils.cli.StopRequest`, or None; when any rank has one requested, every rank
+            stops after the same iteration.
 
-    Returns the number of this epoch's iterations done (``len`` of the epoch unless stopped). Raises
-    :class:`NonFiniteLossError` as soon as a loss is NaN or infinite.
+    The counters, which a checkpoint saves and a resumed run sets: ``iteration`` (global, the schedule's argument),
+    ``epoch`` (the last epoch done, -1 before the first) and ``part`` (iterations of the next epoch done). Losses
+    are averaged across ranks for logging only: each rank's gradient is its own (DDP averages those).
     """
-    model.train()
-    set_epoch(loader, epoch, start)
-    num_iters = start + len(loader)
-    world = dist.world_size()
-    keys = ("loss", "bbox_regression", "classification")
-    window = dict.fromkeys(keys + ("images", "iters"), 0.0)
-    epoch_start = window_start = time.perf_counter()
-    i = start
-    batches = iter(loader)
-    while i < num_iters:
-        try:
-            images, targets = next(batches)
-        except Exception:
-            # Ctrl-C in a terminal also reaches the loader workers, which then exit: no more batches, but the
-            # stop was asked for anyway.
-            if stop is not None and stop.requested:
+
+    description = "eager mode"
+    scaler = None  # a DynamicLossScaler whose state checkpoints keep (--amp)
+
+    def __init__(self, model, optimizer, schedule, device, net=None, log=None, stop=None):
+        self.model, self.optimizer, self.schedule, self.device = model, optimizer, schedule, device
+        self.net = model if net is None else net
+        self.log = ProgressLog() if log is None else log
+        self.stop = stop
+        self.iteration, self.epoch, self.part = 0, -1, 0
+
+    def step(self, images, targets):
+        """One SGD step on a batch (lists as :func:`cv.detection.data.base.to_tensors` makes them): forward,
+        backward, update; returns this rank's losses (a dict of scalar tensors)."""
+        losses = self.net(images, targets)
+        self.optimizer.zero_grad()
+        sum(losses.values()).backward()
+        self.optimizer.step()
+        return losses
+
+    def sync_model(self):
+        """Bring ``model`` and ``optimizer`` up to date for evaluation and checkpoints (eager: they are)."""
+
+    def train_epoch(self, loader):
+        """Train epoch ``epoch + 1`` of ``loader`` from its batch ``part`` (a resumed run) to its end, or until a
+        stop is requested. Returns the number of the epoch's iterations done (its length unless stopped); the
+        counters move on (a finished epoch becomes ``epoch``, with ``part`` 0). Raises :class:`NonFiniteLossError`
+        at the first NaN or infinite loss (on every rank: the check is on the averaged losses)."""
+        epoch, start = self.epoch + 1, self.part
+        self.net.train()
+        set_epoch(loader, epoch, start)
+        num_iters = start + len(loader)
+        self.log.start_epoch(epoch, start, num_iters)
+        for images, targets in self._batches(loader):
+            lr = self.schedule(self.iteration, epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images, targets = to_tensors(images, targets, self.device)
+            values = self._logged_losses(self.step(images, targets), epoch, num_iters)
+            self.iteration += 1
+            self.part += 1
+            self.log.add(values, len(images) * dist.world_size())
+            stopping = dist.any_rank(self.stop is not None and self.stop.requested)
+            self.log.write(self.part, self.iteration, lr, force=stopping)
+            if stopping:
                 break
-            raise
-        lr = schedule(state["iteration"], epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, targets = to_tensors(images, targets, device)
-        if graph_step is not None:
-            losses = graph_step(images, targets, state["iteration"])  # updated already, at this lr
-        elif amp_scaler is not None:
-            with flow.autocast(device_type="cuda"):
-                losses = model(images, targets)
-        else:
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        # Averaged across ranks for logging only (each rank's gradient is its own; DDP averages those), together
-        # with the ranks' stop requests, so that all stop after the same iteration.
-        stop_flag = flow.tensor([float(stop is not None and stop.requested)], device=loss.device)
-        logged = dist.reduce_mean(flow.cat([flow.stack([loss.detach()] + [v.detach() for v in losses.values()]),
-                                            stop_flag]))
-        values = dict(zip(keys, (float(v) for v in logged[:3])))
+        done = self.part
+        if done == num_iters:
+            self.epoch, self.part = epoch, 0
+        self.sync_model()
+        return done
+
+    def _batches(self, loader):
+        """The loader's batches, ending early if its workers are gone and a stop was requested: Ctrl-C in a terminal
+        also reaches the loader workers, which then exit."""
+        batches = iter(loader)
+        while True:
+            try:
+                yield next(batches)
+            except StopIteration:
+                return
+            except Exception:
+                if self.stop is not None and self.stop.requested:
+                    return
+                raise
+
+    def _logged_losses(self, losses, epoch, num_iters):
+        """``{LOSS_KEYS: float}``: the step's losses and their sum, averaged across ranks."""
+        total = sum(losses.values())
+        logged = dist.reduce_mean(flow.stack([total.detach()] + [losses[k].detach() for k in LOSS_KEYS[1:]]))
+        values = dict(zip(LOSS_KEYS, (float(v) for v in logged)))
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLossError(
-                f"non-finite loss at epoch {epoch}, iteration {i} of {num_iters} (global {state['iteration']}): "
+                f"non-finite loss at epoch {epoch}, iteration {self.part} of {num_iters} (global {self.iteration}): "
                 + ", ".join(f"{k}={v}" for k, v in values.items())
                 + ". Training stopped; the latest checkpoint in the output directory is from before this.")
-        if graph_step is None:
-            optimizer.zero_grad()
-            if amp_scaler is not None:
-                (loss * amp_scaler.scale).backward()
-                if amp_scaler.unscale_and_check(model.parameters()):
-                    optimizer.step()
-            else:
-                loss.backward()
-                optimizer.step()
-        state["iteration"] += 1
-        i += 1
+        return values
 
-        for k, v in values.items():
-            window[k] += v
-        window["images"] += len(images) * world
-        window["iters"] += 1
-        stopping = float(logged[3]) > 0
-        if i % print_freq == 0 or i == num_iters or stopping:
-            now = time.perf_counter()
-            per_iter = (now - epoch_start) / (i - start)
-            remaining = num_iters - i + num_iters * ((total_epochs or epoch + 1) - epoch - 1)
-            record = {"type": "train", "epoch": epoch, "iter": i, "iters": num_iters,
-                      "iteration": state["iteration"], "lr": lr, **{k: window[k] / window["iters"] for k in keys},
-                      "images_per_s": window["images"] / max(now - window_start, 1e-9),
-                      "eta_s": per_iter * remaining}
-            dist.print0(f"epoch {epoch} [{i:>{len(str(num_iters))}}/{num_iters}]  lr {lr:.3g}  "
-                        f"loss {record['loss']:.4f} (box {record['bbox_regression']:.4f}, "
-                        f"cls {record['classification']:.4f})  {record['images_per_s']:.2f} img/s  "
-                        f"eta {format_seconds(record['eta_s'])}")
-            if metrics is not None:
-                metrics.write(record)
-            window = dict.fromkeys(window, 0.0)
-            window_start = now
-        if stopping:
-            break
-    return i
+
+class AmpTrainer(Trainer):
+    """``--amp``: the forward pass under float16 autocast (CUDA), the loss scaled by ``scaler`` (a
+    :class:`DynamicLossScaler`); a step whose gradients are not finite is skipped."""
+
+    def __init__(self, *args, scaler, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scaler = scaler
+
+    def step(self, images, targets):
+        with flow.autocast(device_type="cuda"):
+            losses = self.net(images, targets)
+        self.optimizer.zero_grad()
+        (sum(losses.values()) * self.scaler.scale).backward()
+        if self.scaler.unscale_and_check(self.model.parameters()):
+            self.optimizer.step()
+        return losses
+
+
+class GraphModeTrainer(Trainer):
+    """``--graph``: each step (forward, backward, SGD update at the graph's own copy of the schedule; with
+    ``--amp`` OneFlow's AMP) runs as one ``nn.Graph`` through ``graph``, a
+    :class:`cv.detection.engine.graph_mode.GraphTrainer` built on the same model, optimizer (and scaler)."""
+
+    def __init__(self, graph, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.graph = graph
+        self.scaler = graph.amp_scaler
+
+    @property
+    def description(self):
+        return f"graph mode (nn.Graph, {self.graph.max_boxes} boxes per image; compiled at the first step)"
+
+    def step(self, images, targets):
+        return self.graph(images, targets, self.iteration)  # the update is done already, at this lr
+
+    def sync_model(self):
+        self.graph.export()  # the graph's weights and momentum into model and optimizer
 
 
 # Seconds between redraws of the evaluation's progress bar: on a terminal often enough to see it move; elsewhere

@@ -22,8 +22,10 @@ from collections import Counter
 
 import numpy as np
 
+from cv.detection.evaluation.confusion import IOU_THRESHOLD, SCORE_THRESHOLD, confusion_matrix
 from cv.detection.evaluation.report import write_report
 from cv.detection.utils import fileio
+from cv.detection.utils.arrays import as_int, as_numpy
 
 # Names of ``COCOeval.stats``, in pycocotools' order (IoU=.50:.95 unless named; s/m/l are the area ranges;
 # AR1/AR10/AR100 are the recall with at most 1/10/100 detections per image).
@@ -60,24 +62,6 @@ def ground_truth(dataset):
 BBOX_DECIMALS = 2
 
 
-def _as_numpy(x):
-    """``x`` as a numpy array: oneflow (or torch) tensors through their ``.numpy()``, anything else through
-    ``np.asarray``. Duck-typed so that this module does not need to import oneflow."""
-    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
-        x = x.numpy()
-    return np.asarray(x)
-
-
-def _as_int(x):
-    """An image id given as a Python/numpy int or a one-element tensor/array, as a Python int."""
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    a = _as_numpy(x)
-    if a.size != 1:
-        raise ValueError(f"an image id must be a single number, got an array of shape {a.shape}")
-    return int(a.reshape(()).item())
-
-
 def _convert_image(image_id, detection, label_to_category_id, dropped=None):
     """One image's detections as a float64 array ``[N, 6]`` of ``x, y, w, h, score, category_id``.
 
@@ -88,7 +72,7 @@ def _convert_image(image_id, detection, label_to_category_id, dropped=None):
     ignores detections of categories the ground truth lacks. Raises ValueError for malformed arrays.
     """
     try:
-        boxes, scores, labels = (_as_numpy(detection[k]) for k in ("boxes", "scores", "labels"))
+        boxes, scores, labels = (as_numpy(detection[k]) for k in ("boxes", "scores", "labels"))
     except KeyError as e:
         raise ValueError(f"image {image_id}: detections need 'boxes', 'scores' and 'labels' (missing {e})") from None
     n = len(scores)
@@ -155,62 +139,11 @@ def detections_to_coco_results(image_ids, detections, label_to_category_id):
         raise ValueError(f"{len(image_ids)} image ids for {len(detections)} detection dicts")
     per_image = {}
     for image_id, detection in zip(image_ids, detections):
-        image_id = _as_int(image_id)
+        image_id = as_int(image_id)
         rows = _convert_image(image_id, detection, label_to_category_id)
         # Repeated ids are concatenated here (this function only converts); the evaluator de-duplicates.
         per_image[image_id] = np.concatenate([per_image[image_id], rows]) if image_id in per_image else rows
     return _results_from_arrays(per_image)
-
-
-def _rank_and_world_size():
-    import oneflow as flow  # only here: the conversion itself does not need oneflow
-
-    return flow.env.get_rank(), flow.env.get_world_size()
-
-
-def _all_gather_arrays(array):
-    """Every rank's 1-D float64 ``array`` (lengths may differ), in rank order, on every rank.
-
-    oneflow 0.9's ``oneflow.comm`` has tensor collectives only, with equal shapes: first every length travels, then
-    the arrays padded to the longest. CPU tensors (oneflow puts a process's CPU tensors on ``cpu:<local rank>``, as
-    ``all_gather`` requires) whether or not the model runs on a GPU: this is host data anyway. Plain numbers, never a
-    pickle: nothing a rank sends can run code on another.
-    """
-    import oneflow as flow
-
-    world_size = flow.env.get_world_size()
-    lengths = [None] * world_size
-    flow.comm.all_gather(lengths, flow.tensor([len(array)], dtype=flow.int64))
-    lengths = [int(t.numpy()[0]) for t in lengths]
-    padded = np.zeros(max(lengths), dtype=np.float64)
-    padded[:len(array)] = array
-    chunks = [None] * world_size
-    flow.comm.all_gather(chunks, flow.tensor(padded, dtype=flow.float64))
-    return [chunk.numpy()[:length] for chunk, length in zip(chunks, lengths)]
-
-
-def gather_per_image(per_image):
-    """Merge every rank's ``{image_id: [N, 6] float64 rows}`` into rank 0's ``per_image``, in place; a collective.
-
-    Rank 0's own images come first as they are; the other ranks' follow in rank order, skipping images already
-    present (a distributed sampler pads the last batch by repeating images, possibly on another rank, and a
-    repeated image would count its ground truth twice; a second gather changes nothing). Returns how many copies
-    were skipped (0 on the other ranks, whose ``per_image`` is left as it was).
-    """
-    ids = np.asarray(list(per_image), dtype=np.float64)
-    rows = [np.column_stack([np.full(len(r), i, dtype=np.float64), r]) for i, r in per_image.items()]
-    rows = np.concatenate(rows).ravel() if rows else np.zeros(0)
-    all_ids, all_rows = _all_gather_arrays(ids), _all_gather_arrays(rows)
-    skipped = 0
-    if _rank_and_world_size()[0] == 0:
-        for ids, rows in zip(all_ids[1:], all_rows[1:]):
-            rows = rows.reshape(-1, 7)
-            for image_id in ids.astype(np.int64).tolist():
-                if image_id in per_image:
-                    skipped += 1
-                else:
-                    per_image[image_id] = rows[rows[:, 0] == image_id, 1:]
-    return skipped
 
 
 class CocoEvaluator:
@@ -267,7 +200,7 @@ class CocoEvaluator:
         if len(image_ids) != len(detections):
             raise ValueError(f"{len(image_ids)} image ids for {len(detections)} detection dicts")
         for image_id, detection in zip(image_ids, detections):
-            image_id = _as_int(image_id)
+            image_id = as_int(image_id)
             if image_id not in self.coco_gt.imgs:
                 raise ValueError(f"image id {image_id} is not in the ground truth")
             if image_id in self._per_image:
@@ -285,10 +218,12 @@ class CocoEvaluator:
         detections with their image id, its dropped counts); for a COCO-sized validation set that is tens of MB
         per rank, once.
         """
-        rank, world_size = _rank_and_world_size()
+        from cv.detection.engine import distributed as dist
+
+        rank, world_size = dist.rank(), dist.world_size()
         if world_size > 1:
-            self.duplicates += gather_per_image(self._per_image)
-            dropped = _all_gather_arrays(np.asarray(list(self.dropped.items()), dtype=np.float64).ravel())
+            self.duplicates += dist.gather_per_image(self._per_image)
+            dropped = dist.all_gather_arrays(np.asarray(list(self.dropped.items()), dtype=np.float64).ravel())
             if rank == 0:
                 for counts in dropped[1:]:
                     for label, count in counts.reshape(-1, 2).astype(np.int64).tolist():
@@ -318,7 +253,9 @@ class CocoEvaluator:
             RuntimeError: in a distributed run when :meth:`gather` was not called after the last update (the result
                 would silently cover rank 0's share only).
         """
-        rank, world_size = _rank_and_world_size()
+        from cv.detection.engine import distributed as dist
+
+        rank, world_size = dist.rank(), dist.world_size()
         if world_size > 1 and not self._gathered:
             raise RuntimeError("CocoEvaluator.summarize: call gather() on every rank after the last update()")
         if rank != 0:
@@ -362,9 +299,6 @@ class CocoEvaluator:
     def _report(self, coco_eval, per_class, image_ids):
         """The numbers of :func:`cv.detection.evaluation.report.write_report`: PR curves at IoU 0.5 from the
         accumulated precision, and the confusion matrix of the evaluated images (crowd regions ignored)."""
-        # Here, not at the top: confusion.py shares voc.py's IoU, and voc.py imports this module.
-        from cv.detection.evaluation.confusion import IOU_THRESHOLD, SCORE_THRESHOLD, confusion_matrix
-
         params = coco_eval.params
         index = {c: k for k, c in enumerate(params.catIds)}
         at = (_iou_index(params, 0.5), slice(None), slice(None), params.areaRngLbl.index("all"),
@@ -423,25 +357,3 @@ def format_class_table(per_class):
         lines.append(f"{r['name']:<{width}} {r['gt']:>7} {r['detections']:>10} {r['AP']:>6.3f} {r['AP50']:>6.3f} "
                      f"{r['AP75']:>6.3f}")
     return "\n".join(lines)
-
-
-def pycocotools_stats(gt_dataset, results, image_ids):
-    """The 12 numbers that pycocotools' own ``COCOeval`` computes for ``results`` (a results list, or a results
-    file) on ``image_ids`` of ``gt_dataset``: the reference implementation, which the tests and the benchmark hold
-    our evaluator (faster-coco-eval) against. Slow on large sets (see the README's speed table)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):  # its step-by-step narration
-        gt = COCO()
-        gt.dataset = gt_dataset
-        gt.createIndex()
-        evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
-        evaluation.params.imgIds = sorted(image_ids)
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return dict(zip(STAT_NAMES, (float(v) for v in evaluation.stats)))

@@ -25,7 +25,7 @@ correct detection on the diagonal when a higher-scored detection of another clas
 """
 import numpy as np
 
-from cv.detection.evaluation.voc import box_iou
+from cv.detection.models.box_ops_numpy import box_iou
 
 # infer.sh's default --score-threshold: the matrix describes the detections a user sees drawn.
 SCORE_THRESHOLD = 0.3

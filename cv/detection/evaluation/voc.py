@@ -37,9 +37,12 @@ processes, summarize on rank 0). Like coco_eval, ``oneflow`` is imported only fo
 """
 import numpy as np
 
+from cv.detection.evaluation.confusion import SCORE_THRESHOLD, confusion_matrix
 from cv.detection.evaluation.report import RECALL_POINTS, interpolated_precision, write_report
+from cv.detection.models.box_ops_numpy import box_iou
 from cv.detection.utils import fileio
-from cv.detection.evaluation.coco import BBOX_DECIMALS, _as_int, _as_numpy, _rank_and_world_size, gather_per_image
+from cv.detection.evaluation.coco import BBOX_DECIMALS
+from cv.detection.utils.arrays import as_int, as_numpy
 
 # --voc-metric: the name of each AP definition.
 METRICS = {"2007": "VOC2007 11-point", "2010": "VOC2010+ all-points (area)"}
@@ -59,16 +62,6 @@ def ap_area(recall, precision):
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
     step = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
     return float(np.sum((mrec[step] - mrec[step - 1]) * mpre[step]))
-
-
-def box_iou(a, b):
-    """IoU matrix ``[len(a), len(b)]`` of continuous ``x1, y1, x2, y2`` boxes."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(inter > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def mark_image(detections, gt_boxes, gt_difficult, iou_threshold=IOU_THRESHOLD):
@@ -189,14 +182,14 @@ class VocEvaluator:
         if len(image_ids) != len(detections):
             raise ValueError(f"{len(image_ids)} image ids for {len(detections)} detection dicts")
         for image_id, detection in zip(image_ids, detections):
-            image_id = _as_int(image_id)
+            image_id = as_int(image_id)
             if image_id not in self.ground_truth:
                 raise ValueError(f"image id {image_id} is not in the ground truth")
             if image_id in self._per_image:
                 self.duplicates += 1
                 continue
             try:
-                boxes, scores, labels = (_as_numpy(detection[k]) for k in ("boxes", "scores", "labels"))
+                boxes, scores, labels = (as_numpy(detection[k]) for k in ("boxes", "scores", "labels"))
             except KeyError as e:
                 raise ValueError(f"image {image_id}: detections need 'boxes', 'scores' and 'labels' (missing "
                                  f"{e})") from None
@@ -219,9 +212,12 @@ class VocEvaluator:
 
     def gather(self):
         """Merge every rank's detections onto rank 0 (a no-op in a single process). A collective: every rank must
-        call it after its last :meth:`update`. Only numbers travel (:func:`coco_eval.gather_per_image`), never a pickle."""
-        if _rank_and_world_size()[1] > 1:
-            self.duplicates += gather_per_image(self._per_image)
+        call it after its last :meth:`update`. Only numbers travel
+        (:func:`cv.detection.engine.distributed.gather_per_image`), never a pickle."""
+        from cv.detection.engine import distributed as dist
+
+        if dist.world_size() > 1:
+            self.duplicates += dist.gather_per_image(self._per_image)
         self._gathered = True
 
     def compute(self):
@@ -251,7 +247,9 @@ class VocEvaluator:
             (the primary number), both definitions' means, and ``class_AP`` (name -> AP by ``metric``, None for a
             class without ground truth); a mean is -1 when no class has ground truth. On other ranks None.
         """
-        rank, world_size = _rank_and_world_size()
+        from cv.detection.engine import distributed as dist
+
+        rank, world_size = dist.rank(), dist.world_size()
         if world_size > 1 and not self._gathered:
             raise RuntimeError("VocEvaluator.summarize: call gather() on every rank after the last update()")
         if rank != 0:
@@ -276,9 +274,6 @@ class VocEvaluator:
     def _report(self, results):
         """The numbers of :func:`cv.detection.evaluation.report.write_report`: the classes' PR curves and the
         confusion matrix of the evaluated images (difficult objects are its ignored ground truth)."""
-        # Here, not at the top: confusion.py uses this module's box_iou.
-        from cv.detection.evaluation.confusion import SCORE_THRESHOLD, confusion_matrix
-
         def image(i):
             boxes, labels, difficult = self.ground_truth[i]
             rows = self._per_image[i]

@@ -6,9 +6,9 @@ bit (tested against the OneFlow path and a per-class reference): softmax, box de
 the lower default-box index, as OneFlow's ``topk``) of which those above ``score_thresh`` and not empty are kept,
 NMS per class (the shared :func:`box_ops.batched_nms`), the ``detections_per_img`` best, and scaling to each image.
 
-Why: on CPU, OneFlow 0.9 spends a tenth to a third of a millisecond on every eager operation whatever its size, and
-the post-processing is some fifty small ones: about 17 ms per image, against 2 ms here beside NMS. With the network
-at 0.08 s (int8, ONNX Runtime), that was a fifth of the time per image. Only candidates above the score threshold
+Why: on CPU, OneFlow 0.9 has a fixed cost on every eager operation whatever its size, and the post-processing is
+some fifty small ones; once the network itself is fast (int8, ONNX Runtime), that overhead was a large share of the
+time per image (docs/performance.md has the numbers). Only candidates above the score threshold
 are sorted (the rest can never be kept), so a 91-class head costs little more than a 7-class one.
 """
 import numpy as np

@@ -74,13 +74,13 @@ def get_args_parser():
     o.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     o.add_argument("--backend", choices=["oneflow", "onnxruntime"],
                    help="run the network with OneFlow, or export it to ONNX once (cached per weights in "
-                        "$FLOWVISION_CACHE/onnx) and run it with ONNX Runtime (same detections, tested; about 3.5x "
-                        "faster on CPU). Default: onnxruntime on the CPU, oneflow on a GPU")
+                        "$FLOWVISION_CACHE/onnx) and run it with ONNX Runtime (same detections, tested; faster on "
+                        "CPU, see docs/performance.md). Default: onnxruntime on the CPU, oneflow on a GPU")
     o.add_argument("--precision", choices=["float32", "int8"], default="float32",
                    help="int8: ONNX Runtime runs the network quantized to 8 bits (weights per channel, activations "
                         "calibrated on --calibration-data; quantized once per weights and calibration images, "
-                        "cached beside the export), about 3x faster than float32 on CPU; post-processing stays "
-                        "float32 (default float32)")
+                        "cached beside the export), faster than float32 on CPU (docs/performance.md); post-processing "
+                        "stays float32 (default float32)")
     o.add_argument("--calibration-data", metavar="DIR",
                    help="--precision int8: images of the model's training data to calibrate the activation ranges "
                         "on: a COCO-format dataset root (its train2017/) or a folder of images (default: the "

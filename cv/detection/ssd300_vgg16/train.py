@@ -1,7 +1,8 @@
-"""Train (or evaluate) SSD300-VGG16 on COCO, any COCO-format dataset or Pascal VOC, on one process or many.
+"""Train (or evaluate) SSD300-VGG16 on COCO, Pascal VOC, YOLO or any COCO-format data, on one process or many,
+from scratch, from the ImageNet backbone, or fine-tuning other weights (``--pretrained``, ``--weights``).
 
-    cd cv/detection && bash ssd300_vgg16/train.sh [--data-path /data/coco] [flags]      # see --help
-    bash ssd300_vgg16/train.sh --data-path /data/VOCdevkit   # Pascal VOC: 07+12 trainval -> 07 test by default
+    bash cv/detection/ssd300_vgg16/train.sh [--data-path /data/coco] [flags]      # see --help
+    bash cv/detection/ssd300_vgg16/train.sh --pretrained --data-path /data/mine/data.yaml   # fine-tune to your classes
 
 ``train.sh`` starts this module on every GPU of the node through :mod:`cv.detection.engine.launch`. With no
 ``--data-path`` and no COCO in ``data/coco`` of the repository, it trains on the generated sample dataset with a
@@ -12,6 +13,7 @@ import os
 import random
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 import oneflow as flow
@@ -24,8 +26,8 @@ from cv.detection.utils import fileio
 from cv.detection.engine import graph_mode
 from cv.detection.utils import hub
 from cv.detection.data.base import make_loader
-from cv.detection.engine.trainer import (DynamicLossScaler, MetricsFile, evaluate, learning_rate, read_metrics,
-                                 train_one_epoch)
+from cv.detection.engine.trainer import (AmpTrainer, DynamicLossScaler, GraphModeTrainer, LrSchedule, MetricsFile,
+                                         ProgressLog, Trainer, evaluate, read_metrics)
 from cv.detection.utils.plot import plot_metrics
 from cv.detection.ssd300_vgg16 import COCO_DIR, OUTPUT_DIR, REPO, SAMPLE_DATA
 from cv.detection.ssd300_vgg16.model import freeze_trunk, freeze_vgg_stages, ssd300_vgg16, train_transform
@@ -38,7 +40,7 @@ RECIPE = dict(epochs=120, batch_size=4, lr=0.002, momentum=0.9, weight_decay=5e-
               warmup_iters=1000, eval_every=10, pretrained_backbone=True, train_subset=None, val_subset=None,
               print_freq=20)
 LR_REFERENCE_BATCH = 32
-# The sample dataset's demo: the whole cycle (train, evaluate, save) in about eight minutes on 2 CPU cores. Far
+# The sample dataset's demo: the whole cycle (train, evaluate, save) in minutes on a CPU (docs/performance.md). Far
 # too short to learn much from scratch; it shows the machinery, not accuracy.
 DEMO = dict(RECIPE, epochs=2, lr_steps=[], warmup_iters=10, eval_every=2, pretrained_backbone=False,
             train_subset=48, val_subset=24, print_freq=3)
@@ -315,6 +317,56 @@ def load_resume_point(args, model, optimizer, scaler):
     return state
 
 
+def build_trainer(args, model, data, device):
+    """The :class:`Trainer` of the run's mode (``--graph``, ``--amp`` or eager), with its optimizer and, under
+    ``--resume``, everything restored from the checkpoint."""
+    optimizer, base_lr = build_optimizer(model, args, dist.world_size())
+    scaler = DynamicLossScaler() if args.amp else None
+    counters = load_resume_point(args, model, optimizer, scaler)
+    schedule = LrSchedule(base_lr, args.warmup_iters, args.lr_steps)
+    parts = dict(model=model, optimizer=optimizer, schedule=schedule, device=device,
+                 log=ProgressLog(args.print_freq, total_epochs=args.epochs))
+    if args.graph and not args.test_only:  # evaluation alone needs no graph
+        graph = graph_mode.GraphTrainer(model, optimizer, base_lr, args.warmup_iters, args.lr_steps, counters,
+                                        len(data.train_loader), device, scaler,
+                                        max_boxes=graph_mode.box_capacity(data.train_set))
+        trainer = GraphModeTrainer(graph, **parts)
+    else:
+        net = flow.nn.parallel.DistributedDataParallel(model) if dist.world_size() > 1 and not args.graph else model
+        trainer = AmpTrainer(net=net, scaler=scaler, **parts) if scaler else Trainer(net=net, **parts)
+    trainer.iteration, trainer.epoch, trainer.part = counters["iteration"], counters["epoch"], counters["part"]
+    return trainer
+
+
+def seed_everything(seed):
+    flow.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def claim_output_dir(args):
+    """Rank 0: check ``--output-dir``, lock it for this run, clear what a killed run left, write ``args.json``.
+    Returns the lock (None on the other ranks)."""
+    if not dist.is_main():
+        return None
+    cli.writable_dir(args.output_dir, "--output-dir")
+    # One run per output directory: a second one would interleave metrics and overwrite checkpoints.
+    lock = fileio.DirectoryLock(args.output_dir, "training run").acquire()
+    for name in fileio.remove_dead_temporaries(args.output_dir):
+        print(f"removed {name}, left by a run that was killed while writing it", flush=True)
+    fileio.write_json(os.path.join(args.output_dir, "args.json"), vars(args), indent=1)
+    return lock
+
+
+class Data(NamedTuple):
+    """What :func:`build_data` returns."""
+
+    train_set: object
+    val_set: object
+    train_loader: object
+    val_loader: object
+
+
 def main(args):
     with cli.StopRequest("stopping after the current iteration (a resumable checkpoint will be saved)") as stop:
         return run(args, stop)
@@ -326,53 +378,26 @@ def run(args, stop):
     if args.demo:
         dist.print0(f"No COCO found (no --data-path, nothing in {COCO_DIR}): training on the sample dataset in "
                     f"{SAMPLE_DATA} with a short demo schedule ({args.epochs} epochs x {args.train_subset} images, "
-                    "about eight minutes on 2 CPU cores). Pass --data-path DIR to train on real data.")
+                    "which takes minutes on a CPU). Pass --data-path DIR to train on real data.")
         on_each_node(lambda: prepare_sample_dataset(args.data_path))
-    data = resolve_data(args)
-    flow.manual_seed(args.seed)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
+    opened = resolve_data(args)
+    seed_everything(args.seed)
     device = flow.device(args.device)
-    lock = None
     if dist.is_main():
         cli.writable_dir(args.output_dir, "--output-dir")
     # Nothing is written into the output directory before the data and the weights are known to be usable.
-    train_set, val_set, train_loader, val_loader = build_data(args, data)
-    model = build_model(args, train_set, device)
-    if dist.is_main():
-        # One run per output directory: a second one would interleave metrics and overwrite checkpoints.
-        lock = fileio.DirectoryLock(args.output_dir, "training run").acquire()
-        for name in fileio.remove_dead_temporaries(args.output_dir):
-            print(f"removed {name}, left by a run that was killed while writing it", flush=True)
-        fileio.write_json(os.path.join(args.output_dir, "args.json"), vars(args), indent=1)
-    net = flow.nn.parallel.DistributedDataParallel(model) if dist.world_size() > 1 and not args.graph else model
-    optimizer, base_lr = build_optimizer(model, args, dist.world_size())
-    scaler = DynamicLossScaler() if args.amp else None
-    state = load_resume_point(args, model, optimizer, scaler)
-
-    evaluator_for = val_set.evaluator  # COCO's or VOC's: the dataset knows its evaluation
-    metrics = MetricsFile(os.path.join(args.output_dir, "metrics.jsonl")) if dist.is_main() else None
+    data = Data(*build_data(args, opened))
+    model = build_model(args, data.train_set, device)
+    lock = claim_output_dir(args)
+    trainer = build_trainer(args, model, data, device)
+    trainer.stop = stop
+    session = TrainingRun(args, data, trainer)
     try:
         if args.test_only:
-            evaluator = evaluator_for()
-            stats = evaluate(net, val_loader, evaluator, device,
-                             os.path.join(args.output_dir, "detections_test.json") if dist.is_main() else None)
-            if metrics:
-                metrics.write({"type": "eval", "epoch": state["epoch"], "test_only": True,
-                               "primary": evaluator.primary_metric, **stats})
-            return stats
-        trainer = graph_mode.GraphTrainer(model, optimizer, base_lr, args.warmup_iters, args.lr_steps, state,
-                                          len(train_loader), device, scaler,
-                                          max_boxes=graph_mode.box_capacity(train_set)) if args.graph else None
-        dist.print0(f"training on {len(train_set)} images ({args.data_path}), {train_set.num_classes - 1} classes, "
-                    f"{dist.world_size()} process(es) x {args.batch_size} images, lr {base_lr:g}, device {device}, "
-                    + (f"graph mode (nn.Graph, {trainer.max_boxes} boxes per image; compiled at the first step)"
-                       if args.graph else "eager mode"))
-        stats = train(args, model, net, optimizer, scaler, state, train_set, train_loader, val_loader, base_lr,
-                      evaluator_for, metrics, device, stop, trainer)
+            return session.test()
+        stats = session.train()
     finally:
-        if metrics:
-            metrics.close()
+        session.close()
         if lock:
             lock.release()
     if dist.world_size() > 1:
@@ -382,65 +407,94 @@ def run(args, stop):
     return stats
 
 
-def train(args, model, net, optimizer, scaler, state, train_set, train_loader, val_loader, base_lr, evaluator_for,
-          metrics, device, stop, trainer=None):
-    """The epochs from ``state`` on: train, evaluate every ``--eval-every`` epochs, checkpoint after each epoch,
-    or after the iteration in progress when a stop is requested (then :class:`cli.Interrupted` is raised).
-    ``trainer``: a :class:`graph_mode.GraphTrainer` in graph mode."""
-    schedule = lambda it, ep: learning_rate(base_lr, it, ep, args.warmup_iters, args.lr_steps)  # noqa: E731
-    stats = None
-    for epoch in range(state["epoch"] + 1, args.epochs):
-        start, state["part"] = state["part"], 0
-        done = train_one_epoch(net, optimizer, train_loader, device, epoch, state, schedule, args.print_freq,
-                               metrics, scaler, args.epochs, start=start, stop=stop, graph_step=trainer)
-        if trainer is not None:
-            trainer.export()  # the graph's weights and momentum into model and optimizer: evaluation, checkpoint
-        finished = done == start + len(train_loader)
-        stats = primary = None
-        if finished:
+class TrainingRun:
+    """The training program's epochs: train, evaluate every ``--eval-every`` epochs, checkpoint after each epoch
+    (or after the iteration in progress when a stop is requested); ``data``, a :class:`Data`; ``trainer``, a
+    :class:`Trainer` with its counters resumed. Rank 0 writes the metrics file (``metrics.jsonl``)."""
+
+    def __init__(self, args, data, trainer):
+        self.args, self.data, self.trainer = args, data, trainer
+        self.metrics = MetricsFile(os.path.join(args.output_dir, "metrics.jsonl")) if dist.is_main() else None
+        trainer.log.metrics = self.metrics
+
+    def close(self):
+        if self.metrics:
+            self.metrics.close()
+
+    def test(self):
+        """``--test-only``: evaluate the model on the val split; its stats (rank 0)."""
+        stats, primary = self.evaluate("detections_test.json")
+        if self.metrics:
+            self.metrics.write({"type": "eval", "epoch": self.trainer.epoch, "test_only": True, "primary": primary,
+                                **stats})
+        return stats
+
+    def evaluate(self, json_name):
+        """``(stats, primary metric)`` of the val split (COCO's or VOC's evaluation: the dataset knows its own);
+        the detections go to ``json_name`` in the output directory."""
+        evaluator = self.data.val_set.evaluator()
+        path = os.path.join(self.args.output_dir, json_name) if dist.is_main() else None
+        stats = evaluate(self.trainer.net, self.data.val_loader, evaluator, self.trainer.device, path)
+        return stats, evaluator.primary_metric  # COCO: AP, VOC: mAP; the best checkpoint's criterion
+
+    def train(self):
+        """The epochs from the trainer's counters on; the last evaluation's stats. A stop ends the run with
+        :class:`cli.Interrupted` after the checkpoint."""
+        args, trainer, loader = self.args, self.trainer, self.data.train_loader
+        dist.print0(f"training on {len(self.data.train_set)} images ({args.data_path}), "
+                    f"{self.data.train_set.num_classes - 1} classes, {dist.world_size()} process(es) x "
+                    f"{args.batch_size} images, lr {trainer.schedule.base_lr:g}, device {trainer.device}, "
+                    + trainer.description)
+        stats = None
+        for epoch in range(trainer.epoch + 1, args.epochs):
+            start = trainer.part
+            done = trainer.train_epoch(loader)
+            finished = done == start + len(loader)
+            stats = primary = None
             # A stop requested during this evaluation takes effect once it is done.
-            if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-                json_path = os.path.join(args.output_dir, f"detections_epoch{epoch:04d}.json")
-                evaluator = evaluator_for()
-                stats = evaluate(net, val_loader, evaluator, device, json_path if dist.is_main() else None)
-                primary = evaluator.primary_metric  # COCO: AP, VOC: mAP; the best checkpoint's criterion
-                if metrics:
-                    metrics.write({"type": "eval", "epoch": epoch, "primary": primary, **stats})
-            state["epoch"] = epoch
-        path = save(args, model, optimizer, scaler, state, train_set, epoch, None if finished else done, stats,
-                    primary)
-        # Every rank stops after the same iteration (train_one_epoch agrees on it) or the same epoch.
-        if not finished or dist.any_rank(stop.requested):
-            raise cli.Interrupted(stop.signum, f"by {stop.name} at epoch {epoch}, iteration {done} of "
-                                               f"{start + len(train_loader)}; saved {path}. Continue with the same "
-                                               "command and --resume auto")
-    return stats
+            if finished and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+                stats, primary = self.evaluate(f"detections_epoch{epoch:04d}.json")
+                if self.metrics:
+                    self.metrics.write({"type": "eval", "epoch": epoch, "primary": primary, **stats})
+            path = self.save(epoch, None if finished else done, stats, primary)
+            # Every rank stops after the same iteration (the trainer agrees on it) or the same epoch.
+            if not finished or dist.any_rank(trainer.stop.requested):
+                raise cli.Interrupted(trainer.stop.signum, f"by {trainer.stop.name} at epoch {epoch}, iteration "
+                                                           f"{done} of {start + len(loader)}; saved {path}. Continue "
+                                                           "with the same command and --resume auto")
+        return stats
 
+    def save(self, epoch, part, stats, primary=None):
+        """The checkpoint of ``epoch`` (``part`` iterations of it, or None when it is done): rank 0 writes it (a full
+        disk: the error names the latest intact one); all ranks wait. ``stats[primary]`` (the evaluator's primary
+        metric) decides whether it is the best so far."""
+        args = self.args
+        path = os.path.join(args.output_dir, ckpt.checkpoint_name(epoch, part))
+        if dist.is_main():
+            try:
+                path = ckpt.save_checkpoint(args.output_dir, self.payload(part, stats, primary), epoch, part=part,
+                                            ap=stats[primary] if stats else None, keep=args.keep_checkpoints)
+            except OSError as e:
+                latest = ckpt.read_index(args.output_dir).get("latest")
+                raise OSError(f"cannot write checkpoint {path} ({e.strerror or e}); nothing of it was kept. The latest "
+                              "intact checkpoint is " + (os.path.join(args.output_dir, latest) if latest else "none")
+                              ) from None
+            print(f"saved {path}", flush=True)
+        dist.barrier()
+        return path
 
-def save(args, model, optimizer, scaler, state, train_set, epoch, part, stats, primary=None):
-    """Rank 0 writes the checkpoint (a full disk: the error names the latest intact one); all ranks wait.
-    ``stats[primary]`` (the evaluator's primary metric) decides whether it is the best so far."""
-    path = os.path.join(args.output_dir, ckpt.checkpoint_name(epoch, part))
-    if dist.is_main():
-        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": state["epoch"],
-                   "part": part, "iteration": state["iteration"], "args": vars(args), "rng": ckpt.rng_state(),
-                   "amp_scaler": scaler.state_dict() if scaler else None,
-                   "meta": {"arch": "ssd300_vgg16", "num_classes": train_set.num_classes,
-                            "label_names": train_set.label_names,
-                            "label_to_category_id": train_set.label_to_category_id,
-                            "dataset": args.data_path, "eval_split": args.val_split, "stats": stats,
-                            "primary_metric": primary}}
-        try:
-            path = ckpt.save_checkpoint(args.output_dir, payload, epoch, part=part,
-                                        ap=stats[primary] if stats else None, keep=args.keep_checkpoints)
-        except OSError as e:
-            latest = ckpt.read_index(args.output_dir).get("latest")
-            raise OSError(f"cannot write checkpoint {path} ({e.strerror or e}); nothing of it was kept. The latest "
-                          "intact checkpoint is " + (os.path.join(args.output_dir, latest) if latest else "none")
-                          ) from None
-        print(f"saved {path}", flush=True)
-    dist.barrier()
-    return path
+    def payload(self, part, stats, primary):
+        """What a checkpoint holds: the weights, the optimizer and loss-scaler states, the counters, the arguments,
+        the RNG states, and what the model was trained on (label names, category ids, evaluation)."""
+        args, trainer, train_set = self.args, self.trainer, self.data.train_set
+        return {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+                "epoch": trainer.epoch, "part": part, "iteration": trainer.iteration, "args": vars(args),
+                "rng": ckpt.rng_state(), "amp_scaler": trainer.scaler.state_dict() if trainer.scaler else None,
+                "meta": {"arch": "ssd300_vgg16", "num_classes": train_set.num_classes,
+                         "label_names": train_set.label_names,
+                         "label_to_category_id": train_set.label_to_category_id,
+                         "dataset": args.data_path, "eval_split": args.val_split, "stats": stats,
+                         "primary_metric": primary}}
 
 
 def summarize_run(args):
