@@ -216,9 +216,11 @@ def bench_int8(args):
         n, calibration = args.int8_images, DEFAULT_CALIBRATION_IMAGES
         make_sample_dataset(root, seed=0, num_train=n + calibration, num_val=1)
         start = time.perf_counter()
-        model, dataset = fitted_ssd300(root, n, steps=args.int8_steps,
-                                       log=lambda step, losses, s: print(f"  fitting: step {step}, {s:.0f} s, " + ", ".join(
-                                           f"{k} {v:.3f}" for k, v in losses.items()), flush=True))
+        def log(step, losses, seconds):
+            print(f"  fitting: step {step}, {seconds:.0f} s, " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()),
+                  flush=True)
+
+        model, dataset = fitted_ssd300(root, n, steps=args.int8_steps, log=log)
         result["fit_s"] = time.perf_counter() - start
         paths = [record.path for record in dataset.images]
         all_train = sorted(glob.glob(os.path.join(root, "train2017", "*.jpg")))
@@ -317,7 +319,8 @@ def print_int8(r):
     e = r["end_to_end_s"]
     q8 = e["onnxruntime int8"]["median"]
     line = (f"int8: {q8:.3f} s/img (goal <= 0.10), {e['onnxruntime float32, before']['median'] / q8:.1f}x float32 as "
-            f"it was (goal >= 3), {e['onnxruntime float32']['median'] / q8:.1f}x float32 with the NumPy post-processing")
+            f"it was (goal >= 3), {e['onnxruntime float32']['median'] / q8:.1f}x float32 with the NumPy "
+            "post-processing")
     if "torchvision (PyTorch)" in e:
         m, t = r["torchvision_matches_float32"]
         line += (f", {e['torchvision (PyTorch)']['median'] / q8:.1f}x torchvision (goal >= 5; torch "

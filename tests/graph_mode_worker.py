@@ -1,5 +1,5 @@
-"""Trains tiny_ssd (tests/conftest.py) for a few steps in eager or graph mode, under cv.detection.engine.launch or alone,
-from fixed weights and data, and saves the result; tests/test_graph_mode.py compares the modes.
+"""Trains tiny_ssd (tests/conftest.py) for a few steps in eager or graph mode, under cv.detection.engine.launch or
+alone, from fixed weights and data, and saves the result; tests/test_graph_mode.py compares the modes.
 
     python -m cv.detection.engine.launch tests.graph_mode_worker MODE OUT [STEPS] [RESUME]
 

@@ -96,7 +96,8 @@ def test_any_image_mode_becomes_rgb_in_0_1(tmp_path, mode):
         img = Image.fromarray(base).convert(mode)
         expected = np.asarray(img.convert("RGB"))
     name = "a.png" if mode in ("I;16", "RGBA", "P") else "a.jpg"
-    root = write_dataset(tmp_path, [(1, name, img, (60, 40))], [{"image_id": 1, "category_id": 3, "bbox": [1, 1, 9, 9]}])
+    root = write_dataset(tmp_path, [(1, name, img, (60, 40))],
+                         [{"image_id": 1, "category_id": 3, "bbox": [1, 1, 9, 9]}])
     image, _ = CocoDetection(root, "train")[0]
     assert image.shape == (3, 40, 60)
     tolerance = 1.5 / 255 if name.endswith("png") else 12 / 255  # JPEG is lossy
@@ -116,8 +117,8 @@ def broken_files(root):
 def bad_file_dataset(root, split="train"):
     (root / f"{split}2017").mkdir(parents=True)
     broken_files(root) if split == "train" else None
-    images = [(1, "ok.jpg", None, (60, 40)), (2, "truncated.jpg", None, (60, 40)), (3, "missing.jpg", None, (60, 40)),
-              (4, "garbage.jpg", None, (60, 40)), (5, "wrong_size.jpg", None, (60, 40)), (6, "bomb.png", None, (60, 40))]
+    names = ["ok.jpg", "truncated.jpg", "missing.jpg", "garbage.jpg", "wrong_size.jpg", "bomb.png"]
+    images = [(i, name, None, (60, 40)) for i, name in enumerate(names, start=1)]
     anns = [{"image_id": i, "category_id": 3, "bbox": [1, 1, 9, 9]} for i in range(1, 7)]
     return write_dataset(root, images, anns, split=split)
 

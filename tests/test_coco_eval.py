@@ -244,8 +244,8 @@ def test_distributed_gather_two_processes(tmp_path):
     script.write_text(textwrap.dedent(DISTRIBUTED_SCRIPT.format(
         tests_dir=os.path.dirname(os.path.abspath(__file__)), out=str(tmp_path))))
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, str(tmp_path), os.environ.get("PYTHONPATH")])),
-               NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
+    path = os.pathsep.join(filter(None, [repo, str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
     proc = subprocess.run([sys.executable, "-m", "cv.detection.engine.launch", "dist_eval"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,6 +1,6 @@
-"""Graph mode (``train.sh --graph``, :mod:`cv.detection.engine.graph_mode`): the training step as one ``nn.Graph`` computes
-what eager training computes, on one process and on two (global tensors against DistributedDataParallel), with the
-same learning rate at every iteration, and checkpoints that either mode resumes.
+"""Graph mode (``train.sh --graph``, :mod:`cv.detection.engine.graph_mode`): the training step as one ``nn.Graph``
+computes what eager training computes, on one process and on two (global tensors against DistributedDataParallel), with
+the same learning rate at every iteration, and checkpoints that either mode resumes.
 
 Tolerance. Graph and eager run the same CPU kernels on the same float32 data, but not in the same order: the graph
 compiler fuses and schedules ops itself, and with two processes sums the gradients in its own all-reduce rather
@@ -67,8 +67,8 @@ def train_here(mode, out, steps, resume=None):
 def train_launched(mode, out, steps, nproc=2):
     """tests/graph_mode_worker.py under cv.detection.engine.launch with ``nproc`` processes; its result."""
     env = dict(os.environ, NPROC_PER_NODE=str(nproc), MASTER_PORT=str(free_port()))
-    run([sys.executable, "-m", "cv.detection.engine.launch", "tests.graph_mode_worker", mode, out, steps], REPO, env=env,
-        timeout=600)
+    run([sys.executable, "-m", "cv.detection.engine.launch", "tests.graph_mode_worker", mode, out, steps], REPO,
+        env=env, timeout=600)
     return ckpt.load(out)
 
 

@@ -218,7 +218,8 @@ def test_published_weights_over_http_and_file_url_detect_what_the_checkpoint_doe
     names = {d["name"] for record in detections(tmp_path / "b").values() for d in record["detections"]}
     assert names and names <= SHAPES
     # --pretrained follows $SSD300_VGG16_URL (here a file:// URL: a local mirror).
-    env = dict(env_with_cache(tmp_path / "cache2"), SSD300_VGG16_URL=f"file://{tmp_path / 'zoo' / 'ssd300_vgg16.tar.gz'}")
+    zoo_url = f"file://{tmp_path / 'zoo' / 'ssd300_vgg16.tar.gz'}"
+    env = dict(env_with_cache(tmp_path / "cache2"), SSD300_VGG16_URL=zoo_url)
     res = run(["bash", INFER_SH, "--pretrained", "--output-dir", str(tmp_path / "c"), *common], cwd=tmp_path, env=env)
     assert "weights: the published COCO weights (file://" in res.stdout
     for other in ("b", "c"):

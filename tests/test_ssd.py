@@ -45,7 +45,8 @@ def reference_loss(model, images, targets):
         num_pos += len(fg)
         if len(fg):
             target = model.box_coder.encode(flow.tensor(gt[matches[fg]]), flow.tensor(anchors[fg]))
-            box_loss += float(F.smooth_l1_loss(out["bbox_regression"][i][flow.tensor(fg)], target, reduction="sum", beta=1.0))
+            predicted = out["bbox_regression"][i][flow.tensor(fg)]
+            box_loss += float(F.smooth_l1_loss(predicted, target, reduction="sum", beta=1.0))
         cls_target = np.zeros(len(anchors), dtype=np.int64)
         cls_target[fg] = labels[matches[fg]]
         ce = F.cross_entropy(out["cls_logits"][i], flow.tensor(cls_target), reduction="none").numpy()
@@ -105,14 +106,19 @@ def test_inputs_are_not_modified(tiny):
     ({"boxes": flow.tensor([[10.0, 10.0, 70.0, 20.0]]), "labels": flow.tensor([1])},
      "target 1: box 0 [10.0, 10.0, 70.0, 20.0] lies outside the 64x64"),
     ({"boxes": flow.tensor([[-1.0, 10.0, 20.0, 20.0]]), "labels": flow.tensor([1])}, "target 1: box 0 [-1.0"),
-    ({"boxes": flow.tensor([[1.0, 1.0, float("nan"), 5.0]]), "labels": flow.tensor([1])}, "target 1: box 0 [1.0, 1.0, nan"),
+    ({"boxes": flow.tensor([[1.0, 1.0, float("nan"), 5.0]]), "labels": flow.tensor([1])},
+     "target 1: box 0 [1.0, 1.0, nan"),
     ({"boxes": flow.tensor([[1, 1, 5, 5]]), "labels": flow.tensor([1])}, "target 1: boxes must be a float tensor"),
-    ({"boxes": flow.tensor([1.0, 1.0, 5.0, 5.0]), "labels": flow.tensor([1])}, "target 1: boxes must be a float tensor of shape [N, 4], got (4,)"),
+    ({"boxes": flow.tensor([1.0, 1.0, 5.0, 5.0]), "labels": flow.tensor([1])},
+     "target 1: boxes must be a float tensor of shape [N, 4], got (4,)"),
     ({"boxes": [[1.0, 1.0, 5.0, 5.0]], "labels": flow.tensor([1])}, "got list"),
-    ({"boxes": flow.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": flow.tensor([1.0])}, "target 1: labels must be an int64 tensor"),
-    ({"boxes": flow.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": flow.tensor([1, 2])}, "target 1: 1 boxes but labels of shape (2,)"),
+    ({"boxes": flow.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": flow.tensor([1.0])},
+     "target 1: labels must be an int64 tensor"),
+    ({"boxes": flow.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": flow.tensor([1, 2])},
+     "target 1: 1 boxes but labels of shape (2,)"),
     ({"boxes": flow.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": flow.tensor([0])}, "target 1: box 0 has label 0"),
-    ({"boxes": flow.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": flow.tensor([5])}, "target 1: box 0 has label 5, outside 1..4"),
+    ({"boxes": flow.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": flow.tensor([5])},
+     "target 1: box 0 has label 5, outside 1..4"),
     ({"labels": flow.tensor([1])}, "target 1: expected a dict with 'boxes' and 'labels'"),
 ])
 def test_bad_targets_raise_value_error_naming_image_and_box(tiny, bad, message):

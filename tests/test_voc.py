@@ -1,6 +1,6 @@
-"""Pascal VOC: annotation parsing (:mod:`cv.detection.data.voc`), layouts and split syntax (:mod:`cv.detection.data.layouts`),
-the evaluator (:mod:`cv.detection.evaluation.voc`) on hand-computed cases and against COCO's AP50 where the definitions
-coincide, the VOC sample dataset, and the programs end to end on it (slow).
+"""Pascal VOC: annotation parsing (:mod:`cv.detection.data.voc`), layouts and split syntax
+(:mod:`cv.detection.data.layouts`), the evaluator (:mod:`cv.detection.evaluation.voc`) on hand-computed cases and
+against COCO's AP50 where the definitions coincide, the VOC sample dataset, and the programs end to end on it (slow).
 
 Evaluator cases use 10x10 boxes on one row: ``box(x)`` is ``[x, 0, x + 10, 10]``; ``FAR`` overlaps nothing.
 """
@@ -519,7 +519,8 @@ def test_voc_sample_layout_classes_and_difficult_objects(voc_sample, tmp_path):
     make_sample_dataset(tmp_path, seed=0, num_train=1, num_val=0)
     coco_image = tmp_path / "train2017" / "000000000001.jpg"
     assert (folder / "JPEGImages" / "000001.jpg").read_bytes() == coco_image.read_bytes()
-    x, y, w, h = json.loads((tmp_path / "annotations" / "instances_train2017.json").read_text())["annotations"][0]["bbox"]
+    annotations = json.loads((tmp_path / "annotations" / "instances_train2017.json").read_text())["annotations"]
+    x, y, w, h = annotations[0]["bbox"]
     ann = parse_annotation(folder / "Annotations" / "000001.xml")
     np.testing.assert_array_equal(ann["boxes"][0], [np.floor(x), np.floor(y), np.ceil(x + w), np.ceil(y + h)])
 

@@ -60,7 +60,8 @@ def label_mapping(categories, mode="auto"):
     if mode != "contiguous":
         raise ValueError(f"label mode must be 'auto', 'coco' or 'contiguous', got {mode!r}")
     ids = sorted(cats)
-    return {label: cid for label, cid in enumerate(ids, start=1)}, ["__background__"] + [cats[i] for i in ids], len(ids) + 1
+    names = ["__background__"] + [cats[i] for i in ids]
+    return {label: cid for label, cid in enumerate(ids, start=1)}, names, len(ids) + 1
 
 
 def read_annotations(path):

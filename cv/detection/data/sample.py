@@ -201,7 +201,8 @@ CROWD_ID_OFFSET = 900_000_000_000  # crowd annotation ids are numbered apart, as
 
 PNG_SETTINGS = dict(format="PNG", compress_level=6, optimize=False)
 COCO_INFO = {
-    "description": "Synthetic shapes sample dataset, COCO-faithful variant (scripts/make_sample_dataset.py --coco-categories)",
+    "description": ("Synthetic shapes sample dataset, COCO-faithful variant "
+                    "(scripts/make_sample_dataset.py --coco-categories)"),
     "url": "",
     "version": "1.0",
     "year": 2024,

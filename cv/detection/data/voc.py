@@ -25,8 +25,8 @@ devkit's. Annotation tools often write 0-based coordinates (0..W): a box that le
 :data:`BORDER_TOLERANCE` pixel is clipped to it (counted in ``stats["boxes_clipped"]``); further out is an error.
 
 **"difficult" objects** (VOC marks objects that are hard to recognise) are not training targets unless
-``keep_difficult``; evaluation ignores them, as the devkit does (:mod:`cv.detection.evaluation.voc`), so the ground truth
-keeps them, flagged.
+``keep_difficult``; evaluation ignores them, as the devkit does (:mod:`cv.detection.evaluation.voc`), so the
+ground truth keeps them, flagged.
 
 **Bad data**, as for COCO (:mod:`cv.detection.data.coco`): an annotation file that is missing or not valid XML, that
 lacks a field, names a class outside the 20, or holds a box outside the image is an error naming the file for
@@ -369,7 +369,8 @@ class VOCDetection(DetectionDataset):
         return dict(self._ground_truth)
 
     def evaluator(self):
-        """A :class:`cv.detection.evaluation.voc.VocEvaluator` of this split (metric ``self.metric``; primary ``mAP``)."""
+        """A :class:`cv.detection.evaluation.voc.VocEvaluator` of this split (metric ``self.metric``; primary
+        ``mAP``)."""
         from cv.detection.evaluation.voc import VocEvaluator
 
         return VocEvaluator(self.ground_truth(), self.label_names, metric=self.metric, image_names=self.names)

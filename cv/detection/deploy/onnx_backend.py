@@ -141,7 +141,8 @@ class OnnxRuntimeSSD:
             c, r = self.session.run(None, {self.input_name: np.ascontiguousarray(chunk)})
             cls.append(c)
             reg.append(r)
-        return {"cls_logits": flow.tensor(np.concatenate(cls)[:n]), "bbox_regression": flow.tensor(np.concatenate(reg)[:n])}
+        return {"cls_logits": flow.tensor(np.concatenate(cls)[:n]),
+                "bbox_regression": flow.tensor(np.concatenate(reg)[:n])}
 
     def eval(self):
         """Inference only (for code written for modules, like :func:`cv.detection.engine.trainer.evaluate`)."""

@@ -379,8 +379,8 @@ def process_video(source, detect, to_records, draw, video_path, jsonl_path, batc
         to_records: one output -> list of JSON-able detections (dicts).
         draw: ``(PIL RGB image, detections)`` -> the annotated PIL image.
         fields: extra keys for every JSON line (e.g. the score threshold).
-        stop: a callable, true when a stop was requested (:class:`cv.detection.utils.cli.StopRequest`); checked between batches, its
-            ``name`` attribute (if any) is given as the reason.
+        stop: a callable, true when a stop was requested (:class:`cv.detection.utils.cli.StopRequest`); checked
+            between batches, its ``name`` attribute (if any) is given as the reason.
         progress: a progress bar on stderr (frames done, frames per second, time left when the length is known).
 
     Each JSON line: ``{"video", "frame", "time", "width", "height", **fields, "detections"}``: the frame's index in

@@ -126,7 +126,8 @@ def nms(boxes, scores, iou_threshold):
 
     A box is dropped when its IoU with a higher-scoring kept box is greater than ``iou_threshold``.
     """
-    return batched_nms(boxes, scores, flow.zeros(scores.shape[0], dtype=flow.int64, device=scores.device), iou_threshold)
+    one_group = flow.zeros(scores.shape[0], dtype=flow.int64, device=scores.device)
+    return batched_nms(boxes, scores, one_group, iou_threshold)
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold):

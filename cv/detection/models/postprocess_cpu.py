@@ -1,10 +1,11 @@
 """SSD post-processing on the CPU in NumPy: :meth:`SSD.postprocess_detections` for CPU tensors.
 
-The same steps as the OneFlow code in :mod:`cv.detection.models.ssd`, in the same float32 arithmetic and order (the two
-transcendental functions, softmax's and the box sizes' exp, by OneFlow itself), giving the same detections, bit for
-bit (tested against the OneFlow path and a per-class reference): softmax, box decoding, clipping, per class the ``topk_candidates`` best boxes (ties to
-the lower default-box index, as OneFlow's ``topk``) of which those above ``score_thresh`` and not empty are kept,
-NMS per class (the shared :func:`box_ops.batched_nms`), the ``detections_per_img`` best, and scaling to each image.
+The same steps as the OneFlow code in :mod:`cv.detection.models.ssd`, in the same float32 arithmetic and order
+(the two transcendental functions, softmax's and the box sizes' exp, by OneFlow itself), giving the same detections,
+bit for bit (tested against the OneFlow path and a per-class reference): softmax, box decoding, clipping, per class
+the ``topk_candidates`` best boxes (ties to the lower default-box index, as OneFlow's ``topk``) of which those above
+``score_thresh`` and not empty are kept, NMS per class (the shared :func:`box_ops.batched_nms`), the
+``detections_per_img`` best, and scaling to each image.
 
 Why: on CPU, OneFlow 0.9 has a fixed cost on every eager operation whatever its size, and the post-processing is
 some fifty small ones; once the network itself is fast (int8, ONNX Runtime), that overhead was a large share of the
@@ -72,7 +73,8 @@ def postprocess_detections(model, head_outputs, anchors, image_sizes, min_box_si
         det_boxes = boxes[i][anchor[chosen]]
         det_scores = score[chosen]
         det_labels = label[chosen].astype(np.int64) + 1
-        kept = box_ops.batched_nms_numpy(det_boxes, det_scores, det_labels, model.nms_thresh)[: model.detections_per_img]
+        kept = box_ops.batched_nms_numpy(det_boxes, det_scores, det_labels, model.nms_thresh)
+        kept = kept[: model.detections_per_img]
         scale = np.array([w / out_w, h / out_h] * 2, dtype=det_boxes.dtype)
         detections.append({"boxes": flow.tensor(det_boxes[kept] * scale), "scores": flow.tensor(det_scores[kept]),
                            "labels": flow.tensor(det_labels[kept])})

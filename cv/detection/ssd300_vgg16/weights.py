@@ -145,7 +145,8 @@ def known_label_names(state, meta):
     head), else None: ``class N`` placeholders must not match a user's class by name."""
     head = state.get(CLASSIFICATION_KEY)
     num_classes = head.shape[0] // _per_cell() if head is not None else 0
-    if (meta and meta.get("label_names") and len(meta["label_names"]) == num_classes) or num_classes == COCO_NUM_CLASSES:
+    recorded = bool(meta and meta.get("label_names") and len(meta["label_names"]) == num_classes)
+    if recorded or num_classes == COCO_NUM_CLASSES:
         return label_names(num_classes, meta)
     return None
 

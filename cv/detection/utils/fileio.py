@@ -57,10 +57,11 @@ def atomic_path(path, mode=0o644):
     """Yield a temporary path beside ``path`` to write a file, or a directory, into; when the block ends without
     an error, the result is flushed to disk and renamed to ``path``, replacing what was there.
 
-    On any exception (a full disk, ``KeyboardInterrupt``...) the temporary is removed, ``path`` is left as it was,
-    and the exception propagates (an OSError that names no file is given ``path``). A file gets ``mode`` (temporary files are private by default). Replacing an
-    existing *directory* takes two renames (the old one aside, the new one in): a crash between them leaves
-    ``path`` absent and the old directory under a hidden ``.tmp-`` name, never a partial directory at ``path``.
+    On any exception (a full disk, ``KeyboardInterrupt``...) the temporary is removed, ``path`` is left as it was, and
+    the exception propagates (an OSError that names no file is given ``path``). A file gets ``mode`` (temporary files
+    are private by default). Replacing an existing *directory* takes two renames (the old one aside, the new one in): a
+    crash between them leaves ``path`` absent and the old directory under a hidden ``.tmp-`` name, never a partial
+    directory at ``path``.
     """
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -3,10 +3,10 @@
 A zoo tarball holds ONE top-level directory with what ``flow.save`` wrote (``ssd300_vgg16.tar.gz`` ->
 ``ssd300_vgg16/``). Unlike flowvision's ``load_state_dict_from_url`` (no timeout, size limit or checksum, a bare
 ``extractall``), this module lets no source write outside the cache or fill the disk, and writes everything through
-:func:`cv.detection.utils.fileio.atomic_path`: complete, or not at all. The cache is flowvision's, so a download by either
-serves both: ``<cache>/ssd300_vgg16.tar.gz`` (named as in the URL) with its URL in ``ssd300_vgg16.tar.gz.source``,
-and its extraction ``<cache>/ssd300_vgg16/`` (flowvision looks for the file name up to its first dot), whose
-``.source.json`` records the tarball's SHA-256 and source. oneflow is not imported here.
+:func:`cv.detection.utils.fileio.atomic_path`: complete, or not at all. The cache is flowvision's, so a download by
+either serves both: ``<cache>/ssd300_vgg16.tar.gz`` (named as in the URL) with its URL in
+``ssd300_vgg16.tar.gz.source``, and its extraction ``<cache>/ssd300_vgg16/`` (flowvision looks for the file name up to
+its first dot), whose ``.source.json`` records the tarball's SHA-256 and source. oneflow is not imported here.
 """
 import errno
 import gzip
