@@ -150,6 +150,11 @@ def test_report_has_a_line_per_check_the_speeds_and_the_verdict():
         "result: FAILED: amp"]
 
 
+def test_environment_names_oneflow_and_its_cuda_build():
+    lines = gpu_check.environment("cpu")
+    assert len(lines) == 1 and lines[0].startswith(f"oneflow {flow.__version__} (CUDA 11.7 build), Python 3.10.")
+
+
 def test_a_check_that_raises_is_a_fail_line_and_the_others_still_run():
     results = gpu_check.run_checks("nonsense", "cpu", tiny_ssd(), gpus=0)
     assert [(r.name, r.passed) for r in results] == [("detections", False), ("tie order", False), ("amp", False),

@@ -28,6 +28,7 @@ from io import StringIO
 
 import numpy as np
 import oneflow as flow
+from oneflow import sysconfig
 from PIL import Image
 
 from cv.detection.data.base import DetectionDataset, ImageRecord, make_loader
@@ -257,9 +258,8 @@ def check_tie_order(device, reference="cpu", model=None):
     ties, levels = int(np.sum(scores[1:] == scores[:-1])), len(np.unique(scores))
     if ties < len(scores) // 2 or levels < 2:
         problems.append(f"{ties} of {len(scores)} detections tie, {levels} score levels: the case tests too little")
-    detail = (f"batched_nms keeps {kept} (expected {TIE_KEPT}); {len(scores)} detections of tied head outputs "
-              f"({levels} score levels, {ties} tied with the previous): same order, boxes {box_diff:.2g} px, "
-              f"scores {score_diff:.2g}")
+    detail = (f"batched_nms keeps {kept} (expected {TIE_KEPT}); {len(scores)} detections of tied outputs "
+              f"({levels} levels, {ties} ties): same order, boxes {box_diff:.2g} px, scores {score_diff:.2g}")
     return Result("tie order", not problems, "; ".join([detail] + problems[:2]), time.perf_counter() - start)
 
 
@@ -423,7 +423,7 @@ def random_ssd300(seed=0):
 
 def environment(device):
     """One or two lines: OneFlow, CUDA, the driver, Python and the GPUs."""
-    cuda = flow.sysconfig.get_cuda_version() if flow.sysconfig.with_cuda() else 0
+    cuda = sysconfig.get_cuda_version() if sysconfig.with_cuda() else 0
     lines = [f"oneflow {flow.__version__} (CUDA {cuda // 1000}.{cuda % 1000 // 10} build), Python "
              f"{platform.python_version()}, {platform.platform(terse=True)}"]
     if device.startswith("cuda"):
