@@ -40,7 +40,7 @@ from cv.detection.models import box_ops
 # --- tolerances ------------------------------------------------------------------------------------------------
 # Detections of the same float32 network on two devices: the devices sum the convolutions in different orders,
 # which moves SSD300's head outputs by about 1e-6 of their size (1e-5 with Winograd convolutions). A score (a
-# softmax of such outputs, here 0.01-0.1) then moves by well under 1e-6 and a box (decoded offsets times default
+# softmax of such outputs, at least 0.01 here) then moves by well under 1e-6 and a box (decoded offsets times default
 # boxes up to 300 px, scaled to the image) by under 0.01 px: the tolerances leave ten times that and more, while a
 # wrong box, label or suppression is off by whole pixels, labels or detections.
 BOX_ATOL = 0.1  # pixels of the input image
@@ -54,9 +54,9 @@ TIE_SCORE_ATOL = 1e-7
 # divided out of the gradients (a step 65536 times too large) or a step taken on inf gradients changes the next
 # loss by far more, or makes it non-finite.
 AMP_LOSS_RTOL = 0.02
-# Graph mode computes the same float32 losses with fused kernels in another order: about 1e-6 relative after a
-# few steps (1e-7 on CPU, tests/test_graph_mode.py). 1e-3 is a thousand times that and still ten times smaller than
-# what a wrong learning rate or normalisation does to the second step's loss at the check's learning rate.
+# Graph mode computes the same float32 losses with fused kernels in another order: float32 rounding alone, which a
+# few steps grow to about 1e-6 relative. 1e-3 is a thousand times that and still far below what a wrong learning
+# rate or normalisation does to the next step's loss at the check's learning rate (tests/test_graph_mode.py).
 GRAPH_LOSS_RTOL = 1e-3
 
 NUM_CLASSES = 91  # COCO's head: the most candidates after the network, the hardest case for post-processing
