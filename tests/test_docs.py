@@ -17,8 +17,8 @@ from tests.conftest import REPO
 
 DOCS = [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
-# Scripts that take no arguments worth checking (they set up or test the environment).
-NO_PARSER = {"scripts/setup.sh", "scripts/test.sh"}
+# Scripts that take no arguments (they set up, test or check the environment).
+NO_PARSER = {"scripts/setup.sh", "scripts/test.sh", "scripts/gpu_check.sh"}
 # The shell scripts in front of Python programs: the program whose parser reads their arguments.
 PROGRAMS = {"cv/detection/ssd300_vgg16/train.sh": "cv.detection.ssd300_vgg16.train",
             "cv/detection/ssd300_vgg16/infer.sh": "cv.detection.ssd300_vgg16.infer"}

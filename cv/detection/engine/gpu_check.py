@@ -34,7 +34,8 @@ from PIL import Image
 from cv.detection.data.base import DetectionDataset, ImageRecord, make_loader
 from cv.detection.engine.graph_mode import GraphTrainer
 from cv.detection.engine.launch import visible_gpus
-from cv.detection.engine.trainer import DynamicLossScaler, train_one_epoch
+from cv.detection.engine.trainer import (AmpTrainer, DynamicLossScaler, GraphModeTrainer, ProgressLog,
+                                         Trainer)
 from cv.detection.models import box_ops
 
 # --- tolerances ------------------------------------------------------------------------------------------------
@@ -287,7 +288,7 @@ def training_loader(model, directory, num_images=TRAIN_STEPS * TRAIN_BATCH, seed
 
 
 class _Records(list):
-    """Collects :func:`train_one_epoch`'s logged records (one per step with ``print_freq=1``)."""
+    """Collects the trainer's logged records (one per step with ``print_freq=1``)."""
 
     def write(self, record):
         self.append(record)
@@ -306,20 +307,25 @@ class _RecordingScaler(DynamicLossScaler):
 
 
 def train_steps(model, loader, device, lr, momentum=0.0, scaler=None, graph=False, skipped=()):
-    """``(losses by step, images per second after the first step)`` of :func:`train_one_epoch` (what train.sh
-    runs) over one pass of ``loader``, from a copy of ``model`` on ``device``: SGD at ``lr`` (0 at the
-    iterations in ``skipped``, which with no momentum is a step not taken), under AMP with ``scaler`` or in graph
-    mode with ``graph``."""
+    """``(losses by step, images per second after the first step)`` of the trainer ``train.sh`` runs
+    (:class:`~cv.detection.engine.trainer.Trainer`, its AMP or graph mode) over one pass of ``loader``, from a copy of
+    ``model`` on ``device``: SGD at ``lr`` (0 at the iterations in ``skipped``, which with no momentum is a step not
+    taken), under AMP with ``scaler`` or in graph mode with ``graph``."""
     model = copy.deepcopy(model).to(device).train()
     optimizer = flow.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=5e-4)
-    state = {"iteration": 0, "epoch": -1, "part": 0}
-    trainer = GraphTrainer(model, optimizer, lr, 0, [], state, len(loader), device,
-                           max_boxes=loader.dataset.max_boxes()) if graph else None
     records = _Records()
+    parts = dict(model=model, optimizer=optimizer, schedule=lambda it, ep: 0.0 if it in skipped else lr,
+                 device=device, log=ProgressLog(print_freq=1, metrics=records))
+    if graph:
+        state = {"iteration": 0, "epoch": -1, "part": 0}
+        trainer = GraphModeTrainer(GraphTrainer(model, optimizer, lr, 0, [], state, len(loader), device,
+                                                max_boxes=loader.dataset.max_boxes()), **parts)
+    elif scaler is not None:
+        trainer = AmpTrainer(scaler=scaler, **parts)
+    else:
+        trainer = Trainer(**parts)
     with redirect_stdout(StringIO()):  # its progress lines: the report is the output
-        train_one_epoch(model, optimizer, loader, device, 0, state,
-                        lambda it, ep: 0.0 if it in skipped else lr, print_freq=1, metrics=records,
-                        amp_scaler=scaler, graph_step=trainer)
+        trainer.train_epoch(loader)
     speeds = [r["images_per_s"] for r in records[1:]]  # the first step allocates, tunes and compiles
     return [r["loss"] for r in records], float(np.median(speeds)) if speeds else 0.0
 
