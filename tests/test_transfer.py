@@ -104,3 +104,17 @@ def test_unknown_source_names_transfer_only_the_background_row():
     s = source.state_dict()[f"{HEAD}0.bias"].numpy()
     assert t[0] == s[0] != 0 and t[4] == s[5] and np.array_equal(t[1:4], f[1:4])
     assert isinstance(report, TransferReport)
+
+
+def test_coco_weights_onto_coco_labels_are_the_same_classes():
+    """A 91-way head trained in COCO's label space (unused ids named N/A) onto data in COCO's label space: the same
+    classes, loaded as they are (what --test-only needs), not a rebuilt head."""
+    from cv.detection.data.coco import COCO_LABEL_NAMES
+    from cv.detection.ssd300_vgg16.weights import known_label_names
+
+    source = tiny_ssd(num_classes=91, seed=1)
+    target = tiny_ssd(num_classes=91, seed=2)
+    names = known_label_names({"head.classification_head.module_list.0.weight": flow.zeros(91 * 4, 1, 1, 1)},
+                              {"label_names": COCO_LABEL_NAMES})
+    report = transfer(target, source.state_dict(), names, COCO_LABEL_NAMES)
+    assert not report.rebuilt and names == COCO_LABEL_NAMES

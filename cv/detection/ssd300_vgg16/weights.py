@@ -141,14 +141,13 @@ def label_names(num_classes, meta):
 
 
 def known_label_names(state, meta):
-    """The names of the classes of ``state`` when they are known (recorded in ``meta``, or COCO's for a 91-way
-    head), else None: ``class N`` placeholders must not match a user's class by name."""
+    """The names of the classes of ``state`` as recorded (in ``meta``; COCO's for a 91-way head, its unused ids
+    ``N/A``), or None when unknown: ``class N`` placeholders must not match a user's class by name."""
     head = state.get(CLASSIFICATION_KEY)
     num_classes = head.shape[0] // _per_cell() if head is not None else 0
-    recorded = bool(meta and meta.get("label_names") and len(meta["label_names"]) == num_classes)
-    if recorded or num_classes == COCO_NUM_CLASSES:
-        return label_names(num_classes, meta)
-    return None
+    if meta and meta.get("label_names") and len(meta["label_names"]) == num_classes:
+        return [str(name) for name in meta["label_names"]]
+    return list(COCO_LABEL_NAMES) if num_classes == COCO_NUM_CLASSES else None
 
 
 def load_into(model, source, label_names_=None, sha256=None, progress=True):
