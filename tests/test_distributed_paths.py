@@ -67,7 +67,9 @@ def test_two_nodes_train_together(sample_dataset, tmp_path, two_hosts):
     assert "COCO bbox evaluation: 3 images" in out0  # 2 on node 0, 1 (+ a padding repeat) on node 1
     assert out1.strip() == ""  # rank 1 prints nothing of its own
     assert sorted(os.listdir(tmp_path / "out")) == [".lock", "args.json", "checkpoint_epoch0000", "checkpoints.json",
-                                                    "detections_epoch0000.json", "metrics.jsonl", "training.png"]
+                                                    "detections_epoch0000.json", "detections_epoch0000_confusion.png",
+                                                    "detections_epoch0000_pr.png", "detections_epoch0000_report.json",
+                                                    "metrics.jsonl", "training.png"]
     records = read_metrics(tmp_path / "out" / "metrics.jsonl")
     # 4 images over 2 nodes, 1 per step: 2 iterations, then one evaluation.
     assert [(r["type"], r.get("iter")) for r in records] == [("train", 1), ("train", 2), ("eval", None)]
