@@ -66,8 +66,10 @@ def bench_finetune(args):
     try:
         root = os.path.join(work, "sample")
         make_sample_dataset(root, seed=0, num_train=args.finetune_images, num_val=2)
+        print(f"finetune: fitting the source detector ({args.finetune_source_steps} steps)", flush=True)
         source, source_set = fitted_ssd300(root, args.finetune_images, steps=args.finetune_source_steps)
         target_root = relabel(root, os.path.join(work, "target"))
+        print("finetune: the target's training views through the trunk", flush=True)
         features, targets, sizes, target_set = training_views(source, target_root, args.finetune_images, seed=1)
         result = {"images": args.finetune_images, "steps": [0] + list(args.finetune_steps)}
         for start in ("transferred", "scratch"):
@@ -80,6 +82,7 @@ def bench_finetune(args):
             else:  # the same trunk (every tensor outside the heads), fresh heads
                 model.load_state_dict({**model.state_dict(), **{k: v for k, v in source.state_dict().items()
                                                                 if not k.startswith("head.")}})
+            print(f"finetune: training the target from {start}", flush=True)
             curve, done = [ap(model, features, sizes, target_set)], 0
             for steps in args.finetune_steps:
                 fit_heads(model, features, targets, sizes, steps=steps - done, seed=done)
