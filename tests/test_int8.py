@@ -274,3 +274,20 @@ def test_unshare_initializers():
     np.testing.assert_array_equal(values["b/c2"], values["b"])
     np.testing.assert_array_equal(values["w/c2"], values["w"])
     onnx.checker.check_model(model)
+
+
+def test_match_rate_pairs_one_to_one_on_hand_built_boxes():
+    """Two float32 detections of one object (IoU 0.95 with each other) and one int8 box on it: one twin, not two.
+    A box of another label, or at IoU below 0.9, is no twin; detections below the score threshold are not counted."""
+    from cv.detection.deploy.quantize import match_rate
+
+    reference = [{"boxes": np.array([[0, 0, 100, 100], [0, 0, 100, 95], [200, 200, 300, 300], [0, 0, 10, 10]], "f4"),
+                  "scores": np.array([0.9, 0.8, 0.7, 0.1], "f4"), "labels": np.array([1, 1, 2, 1])}]
+    one_box = [{"boxes": np.array([[0, 0, 100, 97]], "f4"), "scores": np.array([0.5], "f4"), "labels": np.array([1])}]
+    assert match_rate(reference, one_box) == (1, 3)
+    both = [{"boxes": np.array([[0, 0, 100, 97], [1, 1, 100, 96], [200, 200, 300, 300]], "f4"),
+             "scores": np.array([0.5, 0.4, 0.3], "f4"), "labels": np.array([1, 1, 3])}]
+    assert match_rate(reference, both) == (2, 3)  # the third has the wrong label
+    shifted = [{"boxes": np.array([[20, 0, 120, 100]], "f4"), "scores": np.array([0.9], "f4"),
+                "labels": np.array([1])}]  # IoU 80 / 120 = 0.67 with the first
+    assert match_rate(reference, shifted) == (0, 3)

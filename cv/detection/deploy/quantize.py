@@ -245,17 +245,24 @@ def cached_quantized_export(model, cache_dir, calibration_paths, batch_size=1, l
 
 def match_rate(reference, candidate, score_threshold=0.3, iou_threshold=0.9):
     """``(matched, total)``: of ``reference``'s detections scoring at least ``score_threshold`` (per image, dicts of
-    ``boxes``, ``scores``, ``labels``: tensors or arrays), how many ``candidate`` has too, with the same label and an
-    IoU of at least ``iou_threshold`` (any score)."""
+    ``boxes``, ``scores``, ``labels``: tensors or arrays), how many have a twin in ``candidate``: the same label and
+    an IoU of at least ``iou_threshold`` (any score). One to one: the reference's detections, best score first, each
+    take the best twin still free, so one candidate box never stands for two reference boxes."""
     matched = total = 0
     for ref, cand in zip(reference, candidate, strict=True):
-        keep = as_numpy(ref["scores"]) >= score_threshold
-        boxes, labels = as_numpy(ref["boxes"])[keep].reshape(-1, 4), as_numpy(ref["labels"])[keep]
+        scores = as_numpy(ref["scores"])
+        keep = np.flatnonzero(scores >= score_threshold)
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        boxes, labels = as_numpy(ref["boxes"]).reshape(-1, 4)[keep], as_numpy(ref["labels"])[keep]
         other, other_labels = as_numpy(cand["boxes"]).reshape(-1, 4), as_numpy(cand["labels"])
         total += len(boxes)
         if not len(boxes) or not len(other):
             continue
         iou = box_iou(boxes, other)
         iou[labels[:, None] != other_labels[None, :]] = 0
-        matched += int((iou.max(axis=1) >= iou_threshold).sum())
+        for row in iou:
+            best = int(row.argmax())
+            if row[best] >= iou_threshold:
+                matched += 1
+                iou[:, best] = 0  # taken
     return matched, total
