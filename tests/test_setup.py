@@ -107,8 +107,14 @@ def test_oneflow_hub_loads_the_model_from_a_local_clone(tmp_path):
             f"flow.save(m.state_dict(), {str(tmp_path / 'loaded')!r})")
     env = dict(os.environ, SSD300_VGG16_URL=f"file://{tmp_path / 'zoo' / 'ssd300_vgg16.tar.gz'}",
                FLOWVISION_CACHE=str(tmp_path / "cache"))
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
+    env.pop("PYTHONPATH", None)
+    # As a user of the clone would run it: an interpreter whose packages are oneflow's and the others', without this
+    # repository's (its venv imports its own cv at start-up: scripts/setup.sh's hook), so cv comes from the clone.
+    import site
+
+    prelude = f"import sys; sys.path += {site.getsitepackages()!r}\n"
+    out = subprocess.run([sys.executable, "-S", "-c", prelude + code], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-3:] == ["cv.detection.models.ssd", str(clone / "cv" / "__init__.py"), "91"]
     from cv.detection.engine import checkpoint as ckpt

@@ -118,3 +118,16 @@ def test_coco_weights_onto_coco_labels_are_the_same_classes():
                               {"label_names": COCO_LABEL_NAMES})
     report = transfer(target, source.state_dict(), names, COCO_LABEL_NAMES)
     assert not report.rebuilt and names == COCO_LABEL_NAMES
+
+
+def test_the_zoo_weights_load_whole_into_a_default_91_class_model(tmp_path, monkeypatch):
+    """ssd300_vgg16(pretrained=True) as flowvision users call it (91 classes, no names): every tensor as it is."""
+    from cv.detection.ssd300_vgg16.weights import load_into
+
+    source = tiny_ssd(num_classes=91, seed=1)
+    flow.save(source.state_dict(), str(tmp_path / "zoo"))
+    target = tiny_ssd(num_classes=91, seed=2)
+    report = load_into(target, str(tmp_path / "zoo"))
+    assert not report.rebuilt
+    for key, value in source.state_dict().items():
+        assert np.array_equal(target.state_dict()[key].numpy(), value.numpy()), key

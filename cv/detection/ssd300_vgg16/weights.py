@@ -154,14 +154,15 @@ def load_into(model, source, label_names_=None, sha256=None, progress=True):
     """Load the weights at ``source`` into ``model`` (freshly built), whatever classes they were trained on
     (:func:`cv.detection.models.transfer.transfer`); the :class:`~cv.detection.models.transfer.TransferReport`.
 
-    ``label_names_``: the model's class names, background first (default: ``class N``): classes named as one of the
-    weights' keep that class's scores. Raises ValueError naming ``source`` for weights of another architecture.
+    ``label_names_``: the model's class names, background first (default: COCO's for 91 classes, else ``class N``):
+    classes named as one of the weights' keep that class's scores. Raises ValueError naming ``source`` for weights of another architecture.
     """
     payload, meta = load_source(source, sha256=sha256, progress=progress)
     state = checkpoint.model_state(payload)
     if not isinstance(state, dict) or CLASSIFICATION_KEY not in state:
         raise ValueError(f"{source} is not an SSD300-VGG16 state dict (it has no {CLASSIFICATION_KEY})")
-    names = label_names_ or label_names(model.num_classes, None)
+    names = label_names_ or (list(COCO_LABEL_NAMES) if model.num_classes == COCO_NUM_CLASSES else
+                             ["__background__"] + [f"class {i}" for i in range(1, model.num_classes)])
     return transfer(model, state, known_label_names(state, meta), names, source=source)
 
 
