@@ -172,16 +172,16 @@ def test_the_fitted_model_detects(accuracy):
 
 def test_int8_stays_close_to_float32(accuracy):
     """What int8 is measured to keep on this model (benchmark.py --sections int8 has the fuller numbers): AP and AP50
-    within 3 points, 90% of the detections. A broken quantization (a quantized L2 normalisation, int8 class
-    logits, ReduceSum over all axes) misses these by far."""
+    within 3 points, 80% of the detections (one to one: see match_rate). A broken quantization (a quantized L2
+    normalisation, int8 class logits, ReduceSum over all axes) misses these by far."""
     f, q, matched, total, summary = accuracy
     assert abs(q["AP"] - f["AP"]) <= 0.03, summary
     assert abs(q["AP50"] - f["AP50"]) <= 0.03, summary
-    assert matched >= 0.90 * total, summary
+    assert matched >= 0.80 * total, summary
 
 
 @pytest.mark.xfail(strict=True, reason="int8 moves boxes by about 4% (median IoU 0.96 with float32's; the box "
-                                       "offsets get noise of 0.09 in encoded units): 47/50 = 94% of float32's "
+                                       "offsets get noise of 0.09 in encoded units): 41 to 47 of float32's 50 "
                                        "detections are matched at IoU >= 0.9, short of 95%; int8 stays opt-in")
 def test_int8_meets_the_acceptance_criteria(accuracy):
     """The bar for making int8 the default on CPU: AP and AP50 within 1 point of float32's, and int8 finds at least
