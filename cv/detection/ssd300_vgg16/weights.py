@@ -155,7 +155,8 @@ def load_into(model, source, label_names_=None, sha256=None, progress=True):
     (:func:`cv.detection.models.transfer.transfer`); the :class:`~cv.detection.models.transfer.TransferReport`.
 
     ``label_names_``: the model's class names, background first (default: COCO's for 91 classes, else ``class N``):
-    classes named as one of the weights' keep that class's scores. Raises ValueError naming ``source`` for weights of another architecture.
+    classes named as one of the weights' keep that class's scores. Raises ValueError naming ``source`` for weights
+    of another architecture.
     """
     payload, meta = load_source(source, sha256=sha256, progress=progress)
     state = checkpoint.model_state(payload)
