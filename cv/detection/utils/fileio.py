@@ -27,7 +27,8 @@ def temporary_name(path):
     return os.path.join(folder, f".{name}{TMP_MARK}{host}-{os.getpid()}-{secrets.token_hex(3)}")
 
 
-def _fsync(path):
+def fsync(path):
+    """Flush ``path`` (a file, or a folder's entries: the renames just made in it) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -37,10 +38,10 @@ def _fsync(path):
 
 def _fsync_tree(path):
     """Flush ``path`` (a file, or a directory with everything in it) to disk."""
-    _fsync(path)
+    fsync(path)
     for root, dirs, files in os.walk(path):
         for name in files + dirs:
-            _fsync(os.path.join(root, name))
+            fsync(os.path.join(root, name))
 
 
 def remove(path):
@@ -78,7 +79,7 @@ def atomic_path(path, mode=0o644):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-        _fsync(os.path.dirname(path))  # the rename itself
+        fsync(os.path.dirname(path))  # the rename itself
     except BaseException as e:
         remove(tmp)
         if isinstance(e, OSError) and e.filename is None and e.strerror:

@@ -95,18 +95,9 @@ def _link_names(folder, name, files):
         _symlink(os.path.join(f".{name}.current", f), os.path.join(folder, f))
 
 
-def _fsync_dir(folder):
-    """Flush ``folder``'s entries (the renames just made) to disk."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _switch(folder, name, set_dir):
     _symlink(os.path.basename(set_dir), _pointer(folder, name))
-    _fsync_dir(folder)
+    fileio.fsync(folder)
 
 
 def _new_set_path(folder, name):
@@ -140,7 +131,7 @@ def recover(folder, name, files):
         _adopt_plain_files(folder, name, files)
     if current(folder, name) is not None:
         _link_names(folder, name, files)
-    _fsync_dir(folder)
+    fileio.fsync(folder)
     return current(folder, name)
 
 
