@@ -66,6 +66,33 @@ def test_batched_loss_equals_per_image_reference(tiny):
     assert box_ref > 0 and cls_ref > 0
 
 
+def test_loss_of_a_hand_worked_example():
+    """Five default boxes, one object, numbers worked out by hand (the reference above shares box_ops with the
+    model; this one shares nothing)."""
+    model = tiny_ssd(num_classes=2)
+    anchors = flow.tensor([[0.0, 0.0, 20.0, 20.0],     # overlaps the object: IoU 360 / 440 = 0.82, positive
+                           [40.0, 40.0, 60.0, 60.0],   # the other four touch nothing: negatives
+                           [40.0, 0.0, 60.0, 20.0],
+                           [0.0, 40.0, 20.0, 60.0],
+                           [30.0, 30.0, 50.0, 50.0]])
+    # A 64x64 image is the model's input size, so the object stays [2, 0, 22, 20]: centre (12, 10), 20x20.
+    targets = [{"boxes": flow.tensor([[2.0, 0.0, 22.0, 20.0]]), "labels": flow.tensor([1])}]
+    # Target offsets from default box 0 (centre (10, 10), 20x20), weights (10, 10, 5, 5):
+    # (10 * (12 - 10) / 20, 10 * 0 / 20, 5 * ln(20 / 20), 5 * ln(20 / 20)) = (1, 0, 0, 0).
+    # Predicted (0.5, -2, 0, 0): smooth L1 (beta 1) of the differences -0.5 and -2: 0.5 * 0.25 + (2 - 0.5) = 1.625.
+    # The negatives' regression (5s) must not count.
+    regression = flow.tensor([[[0.5, -2.0, 0.0, 0.0]] + [[5.0] * 4] * 4])
+    # Cross-entropy -log softmax: logits (0, 0) -> ln 2 for either class; (0, ln 7) with target background ->
+    # ln(1 + 7) = ln 8; (0, ln 3) -> ln 4; (ln 3, 0) -> ln(4 / 3). The positive (label 1): ln 2. Hard negative
+    # mining keeps 3 negatives per positive, the 3 highest: ln 8 + ln 4 + ln 2 (not ln 4/3). Total ln 128 = 7 ln 2.
+    logits = flow.tensor([[[0.0, 0.0], [0.0, np.log(7)], [0.0, np.log(3)], [0.0, 0.0], [np.log(3), 0.0]]],
+                         dtype=flow.float32)
+    losses = model.compute_loss(targets, [(64, 64)], {"bbox_regression": regression, "cls_logits": logits}, anchors)
+    # Both divided by the number of positives, 1; float32 arithmetic (log-softmax of float32 logits) within 1e-5.
+    assert float(losses["bbox_regression"]) == pytest.approx(1.625, rel=1e-6)
+    assert float(losses["classification"]) == pytest.approx(7 * np.log(2), rel=1e-5)
+
+
 def test_empty_targets_give_zero_box_loss_and_still_train(tiny):
     images, _ = sample_batch()
     empty = [{"boxes": flow.zeros(0, 4), "labels": flow.zeros(0, dtype=flow.int64)} for _ in images]

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cv.detection.data.transforms import (Compose, HorizontalFlip, IoUCrop, PhotometricDistort,
-                                     PhotometricParams, Resize, ZoomOut, grey_mean, ssd_eval_transform,
+                                     PhotometricParams, Plan, Resize, ZoomOut, grey_mean, ssd_eval_transform,
                                      ssd_train_transform, to_chw_float)
 from cv.detection.models.box_ops_numpy import box_iou
 from reference import literal_chain
@@ -126,6 +126,30 @@ def test_fused_preset_matches_literal_chain():
             np.testing.assert_array_equal(out_boxes, ref_boxes)
             np.testing.assert_array_equal(out_labels, ref_labels)
             assert np.abs(out - to_chw_float(ref_image)).mean() < 2.5 / 255
+
+
+def test_fused_preset_by_hand():
+    """One plan of the fused preset worked out by hand: expected_boxes and the literal chain above are derived from
+    the module's own plans and steps; these numbers are not."""
+    transform = ssd_train_transform(SIZE, SSD300_MEAN)
+    boxes = np.array([[10, 10, 30, 20], [70, 30, 95, 50], [0, 0, 8, 6], [5, 20, 20, 40]], np.float32)
+    # A 100x50 image zoomed out 2x onto a 200x100 canvas at (20, 10), the patch (30, 10)-(130, 60) of it (100x50),
+    # flipped, resized to 300x300 (x3 across, x6 down); no colour distortion.
+    plan = Plan(PhotometricParams((), None), (2.0, (20, 10)), (200, 100), (20, 10), (30, 10, 130, 60), True)
+    out_boxes, out_labels = transform.apply_to_boxes(boxes, np.array([1, 2, 3, 4]), plan)
+    # On the canvas (+20, +10): [30, 20, 50, 30], [90, 40, 115, 60], [20, 10, 28, 16], [25, 30, 40, 50].
+    # Centres in the patch? (40, 25) yes; (102.5, 50) yes; (24, 13) no (x < 30): box 3 dropped; (32.5, 40) yes.
+    # Clipped to the patch, minus (30, 10): [0, 10, 20, 20], [60, 30, 85, 50], [0, 20, 10, 40] (x1 25 -> 30).
+    # Flipped in 100 (x -> 100 - x): [80, 10, 100, 20], [15, 30, 40, 50], [90, 20, 100, 40].
+    # Scaled by (3, 6):
+    np.testing.assert_allclose(out_boxes, [[240, 60, 300, 120], [45, 180, 120, 300], [270, 120, 300, 240]])
+    np.testing.assert_array_equal(out_labels, [1, 2, 4])
+    # The pixels: the patch's last 10 canvas columns (120-130) lie right of the image, fill; scaled x3 that is output
+    # columns 270-300, and 0-30 once flipped. A one-colour image stays that colour under bilinear resizing.
+    colour = (200, 50, 20)
+    pixels = np.asarray(transform.render(Image.new("RGB", (100, 50), colour), plan))
+    assert pixels.shape == (300, 300, 3)
+    assert (pixels[:, :30] == MEAN).all() and (pixels[:, 30:] == colour).all()
 
 
 def test_fused_preset_fill_is_undistorted_mean():
