@@ -455,11 +455,20 @@ def test_test_only_evaluates_given_weights_without_training(sample_dataset, tmp_
     out = run(TRAIN + quick_args(sample_dataset, tmp_path / "eval", *common, "--test-only", "--weights",
                                  str(weights)), tmp_path).stdout
     assert "COCO bbox evaluation: 1 images" in out and "Average Precision" in out and "epoch 0 [" not in out
+    # The recorded numbers are pycocotools' own on the written results file (the first val image by id).
+    from cv.detection.evaluation.coco import STAT_NAMES
+    from reference import pycocotools_stats
+
+    dataset = json.loads((sample_dataset / "annotations" / "instances_val2017.json").read_text())
+    first = sorted(image["id"] for image in dataset["images"])[:1]
+    reference = pycocotools_stats(dataset, str(tmp_path / "eval" / "detections_test.json"), first)
+    (record,) = read_metrics(tmp_path / "eval" / "metrics.jsonl")
+    assert {k: record[k] for k in STAT_NAMES} == pytest.approx(reference, abs=1e-12)
     assert sorted(os.listdir(tmp_path / "eval")) == [".lock", "args.json", "detections_test.json",
                                                      "detections_test_confusion.png", "detections_test_pr.png",
                                                      "detections_test_report.json", "metrics.jsonl"]
     assert "per class (" in out and "per-class pictures: " in out
-    assert [r["type"] for r in read_metrics(tmp_path / "eval" / "metrics.jsonl")] == ["eval"]
+    assert record["type"] == "eval"
     # Weights that do not fit (another class count) are refused, naming the file.
     other = tmp_path / "other"
     other.mkdir()
@@ -473,9 +482,13 @@ def test_test_only_evaluates_given_weights_without_training(sample_dataset, tmp_
 
 @pytest.mark.slow
 def test_two_processes_train_identical_weights_and_only_rank0_writes(sample_dataset, tmp_path):
-    out_dir, cwd = tmp_path / "out", tmp_path / "cwd"
+    out_dir, cwd, digests = tmp_path / "out", tmp_path / "cwd", tmp_path / "digests"
     cwd.mkdir()
-    env = dict(os.environ, NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
+    digests.mkdir()
+    # tests/rank_weights/sitecustomize.py: each rank writes the digests of its weights when the program compares them.
+    hook = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rank_weights")
+    env = dict(os.environ, NPROC_PER_NODE="2", MASTER_PORT=str(free_port()), SSD300_TEST_WEIGHTS_DIR=str(digests),
+               PYTHONPATH=os.pathsep.join(filter(None, [hook, os.environ.get("PYTHONPATH")])))
     out = run(["bash", TRAIN_SH] + quick_args(sample_dataset, out_dir, "--train-subset", "4", "--val-subset", "2",
                                               "--batch-size", "1", "--epochs", "1"), cwd, env=env).stdout
     assert "2 process(es) x 1 images" in out
@@ -489,10 +502,30 @@ def test_two_processes_train_identical_weights_and_only_rank0_writes(sample_data
     records = read_metrics(out_dir / "metrics.jsonl")
     # 4 images over 2 ranks with 1 per step: 2 iterations, each logged, then the evaluation.
     assert [(r["type"], r.get("iter")) for r in records] == [("train", 1), ("train", 2), ("eval", None)]
-    assert all(np.isfinite(r["loss"]) and r["images_per_s"] > 0 for r in records[:2])
-    assert set(records[2]) >= {"AP", "AP50", "AR100"}
+    first, second = records[:2]
+    assert np.isfinite(first["loss"]) and np.isfinite(second["loss"])
+    # The speed is images over time: the first window starts with the epoch, as the time per iteration of the ETA
+    # (one iteration left) does, so speed x ETA is the window's 2 images (1 per rank); the second window lies
+    # between the two records' clock times (which also hold a print, hence the 5%).
+    assert first["images_per_s"] * first["eta_s"] == pytest.approx(2, rel=1e-9)
+    assert second["eta_s"] == 0
+    assert second["images_per_s"] * (second["time"] - first["time"]) == pytest.approx(2, rel=0.05)
+    # The evaluation's numbers are pycocotools' own on the results file (the first 2 val images by id).
+    from cv.detection.evaluation.coco import STAT_NAMES
+    from reference import pycocotools_stats
+
+    dataset = json.loads((sample_dataset / "annotations" / "instances_val2017.json").read_text())
+    first_two = sorted(image["id"] for image in dataset["images"])[:2]
+    reference = pycocotools_stats(dataset, str(out_dir / "detections_epoch0000.json"), first_two)
+    assert {k: records[2][k] for k in STAT_NAMES} == pytest.approx(reference, abs=1e-12)
     payload = ckpt.load(out_dir / "checkpoint_epoch0000")
     assert payload["iteration"] == 2 and payload["meta"]["num_classes"] == 7
+    # The weights themselves are identical on both ranks, and are what the checkpoint holds.
+    import hashlib
+
+    ranks = [json.loads((digests / f"rank{r}.json").read_text()) for r in (0, 1)]
+    saved = {name: hashlib.sha256(t.numpy().tobytes()).hexdigest() for name, t in payload["model"].items()}
+    assert len(saved) == 71 and ranks[0] == ranks[1] == saved
     assert json.loads((out_dir / "args.json").read_text())["batch_size"] == 1
 
 
