@@ -210,3 +210,21 @@ def fresh_python(code, cwd=REPO, startup_hook=None):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout, out.stderr
+
+
+def rank_weights_env(directory, env=None):
+    """``env`` (default: this process's environment) plus what makes every rank of a training program started with
+    it write the digests of its weights into ``directory`` when the program compares the ranks
+    (``tests/rank_weights/sitecustomize.py``): read them with :func:`rank_weight_digests`."""
+    env = dict(os.environ if env is None else env)
+    hook = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rank_weights")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [hook, env.get("PYTHONPATH")]))
+    env["SSD300_TEST_WEIGHTS_DIR"] = str(directory)
+    return env
+
+
+def rank_weight_digests(directory, ranks=2):
+    """Per rank, ``{name: SHA-256 of the tensor's bytes}`` of its model's state dict (see :func:`rank_weights_env`)."""
+    import json
+
+    return [json.loads(open(os.path.join(directory, f"rank{r}.json")).read()) for r in range(ranks)]

@@ -16,7 +16,8 @@ import pytest
 
 from cv.detection.engine import checkpoint as ckpt
 from cv.detection.engine.trainer import read_metrics
-from tests.conftest import TRAIN_SH, free_port, missing_capability, quick_args, run
+from tests.conftest import (TRAIN_SH, free_port, missing_capability, quick_args, rank_weight_digests,
+                            rank_weights_env, run)
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +53,13 @@ def test_two_nodes_train_together(sample_dataset, tmp_path, two_hosts):
     args = quick_args(sample_dataset, tmp_path / "out", "--train-subset", "4", "--val-subset", "3", "--batch-size",
                       "1", "--epochs", "1")
     common = ["NNODES=2", f"MASTER_ADDR={master}", "MASTER_PORT=29531", "NPROC_PER_NODE=1"]
+    digests = tmp_path / "digests"  # each node's rank writes the digests of its weights there
+    digests.mkdir()
 
     def node(namespace, rank):
         return subprocess.Popen(["ip", "netns", "exec", namespace, "env", *common, f"NODE_RANK={rank}", "bash",
                                  TRAIN_SH, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, env=rank_weights_env(digests))
 
     nodes = [node(ns0, 0), node(ns1, 1)]
     outputs = [n.communicate(timeout=900) for n in nodes]
@@ -73,6 +76,11 @@ def test_two_nodes_train_together(sample_dataset, tmp_path, two_hosts):
     records = read_metrics(tmp_path / "out" / "metrics.jsonl")
     # 4 images over 2 nodes, 1 per step: 2 iterations, then one evaluation.
     assert [(r["type"], r.get("iter")) for r in records] == [("train", 1), ("train", 2), ("eval", None)]
+    # The weights themselves: the same on both nodes, and what the checkpoint holds.
+    saved = {name: hashlib.sha256(t.numpy().tobytes()).hexdigest()
+             for name, t in ckpt.load(tmp_path / "out" / "checkpoint_epoch0000")["model"].items()}
+    node0, node1 = rank_weight_digests(digests)
+    assert len(saved) == 71 and node0 == node1 == saved
 
 
 class CountingHandler(http.server.SimpleHTTPRequestHandler):

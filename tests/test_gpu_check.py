@@ -124,10 +124,17 @@ def test_two_processes_are_skipped_without_two_gpus():
 
 
 @pytest.mark.slow
-def test_two_processes_on_cpu_train_with_identical_weights():
+def test_two_processes_on_cpu_train_with_identical_weights(tmp_path, monkeypatch):
+    from tests.conftest import rank_weight_digests, rank_weights_env
+
+    env = rank_weights_env(tmp_path)  # each rank writes the digests of its weights
+    for name in ("PYTHONPATH", "SSD300_TEST_WEIGHTS_DIR"):
+        monkeypatch.setenv(name, env[name])
     result = gpu_check.check_two_processes("cpu")
     assert result.passed is True, result.detail
     assert result.detail.startswith("1 epoch of train.py on 4 images, 2 processes: weights identical on all 2 ranks")
+    rank0, rank1 = rank_weight_digests(tmp_path)  # the check's verdict agrees with the weights themselves
+    assert len(rank0) == 71 and rank0 == rank1
 
 
 # --- the report and the command --------------------------------------------------------------------------------

@@ -485,10 +485,9 @@ def test_two_processes_train_identical_weights_and_only_rank0_writes(sample_data
     out_dir, cwd, digests = tmp_path / "out", tmp_path / "cwd", tmp_path / "digests"
     cwd.mkdir()
     digests.mkdir()
-    # tests/rank_weights/sitecustomize.py: each rank writes the digests of its weights when the program compares them.
-    hook = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rank_weights")
-    env = dict(os.environ, NPROC_PER_NODE="2", MASTER_PORT=str(free_port()), SSD300_TEST_WEIGHTS_DIR=str(digests),
-               PYTHONPATH=os.pathsep.join(filter(None, [hook, os.environ.get("PYTHONPATH")])))
+    from tests.conftest import rank_weight_digests, rank_weights_env  # each rank writes the digests of its weights
+
+    env = dict(rank_weights_env(digests), NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
     out = run(["bash", TRAIN_SH] + quick_args(sample_dataset, out_dir, "--train-subset", "4", "--val-subset", "2",
                                               "--batch-size", "1", "--epochs", "1"), cwd, env=env).stdout
     assert "2 process(es) x 1 images" in out
@@ -523,7 +522,7 @@ def test_two_processes_train_identical_weights_and_only_rank0_writes(sample_data
     # The weights themselves are identical on both ranks, and are what the checkpoint holds.
     import hashlib
 
-    ranks = [json.loads((digests / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = rank_weight_digests(digests)
     saved = {name: hashlib.sha256(t.numpy().tobytes()).hexdigest() for name, t in payload["model"].items()}
     assert len(saved) == 71 and ranks[0] == ranks[1] == saved
     assert json.loads((out_dir / "args.json").read_text())["batch_size"] == 1
