@@ -289,6 +289,13 @@ def test_coco_eval_mode_prints_the_ap_table(trained, sample_dataset, tmp_path):
     assert res.stdout.count("Average Precision") == 6 and res.stdout.count("Average Recall") == 6
     results = json.loads((tmp_path / "detections_val.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} == set(results[0])
+    # The printed table holds pycocotools' own numbers on the written file (the first 2 val images by id).
+    from cv.detection.evaluation.coco import format_table
+    from reference import pycocotools_stats
+
+    dataset = json.loads((sample_dataset / "annotations" / "instances_val2017.json").read_text())
+    first_two = sorted(image["id"] for image in dataset["images"])[:2]
+    assert format_table(pycocotools_stats(dataset, str(tmp_path / "detections_val.json"), first_two)) in res.stdout
     assert "per class (" in res.stdout  # the per-class table, and its pictures beside the detections
     assert all((tmp_path / f"detections_val_{kind}").stat().st_size > 0 for kind in ("pr.png", "confusion.png",
                                                                                      "report.json"))
