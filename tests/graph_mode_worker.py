@@ -4,9 +4,10 @@ alone, from fixed weights and data, and saves the result; tests/test_graph_mode.
     python -m cv.detection.engine.launch tests.graph_mode_worker MODE OUT [STEPS] [RESUME]
 
 MODE is eager or graph; every process trains on its own images (rank-dependent), 2 per step, with the recipe's
-optimizer (SGD, momentum 0.9, weight decay 5e-4), warm-up and an lr step. Rank 0 writes OUT/result (flow.save):
-the eager-format checkpoint payload (model, optimizer, iteration), and every step's logged losses. With RESUME
-(a directory of such a result), training continues from it; STEPS counts from the start of training.
+optimizer (SGD, momentum 0.9, weight decay 5e-4), warm-up and an lr step. Rank 0 writes OUT (flow.save): the
+eager-format checkpoint payload (model, optimizer, iteration), every step's logged losses, and the weights and SGD
+momentum after every step (``steps``; in graph mode exported from the graph after each step). With RESUME (a
+directory of such a result), training continues from it; STEPS counts from the start of training.
 """
 import sys
 
@@ -37,18 +38,25 @@ def batch(step, rank, n=2):
     return images, targets
 
 
+def snapshot(model, optimizer):
+    """The weights and each parameter's SGD momentum now, copied: state dicts hold the live tensors."""
+    state = optimizer.state_dict()["state"]
+    return {"model": {name: tensor.clone() for name, tensor in model.state_dict().items()},
+            "momentum": [state[index]["momentum_buf"].clone() for index in range(len(state) - 1)]}
+
+
 def main(mode, out, steps, resume=None):
     model = tiny_ssd(NUM_CLASSES)
     optimizer = flow.optim.SGD(model.parameters(), lr=BASE_LR, momentum=0.9, weight_decay=5e-4)
     state = {"iteration": 0, "epoch": -1, "part": 0}
-    losses = []
+    losses, history = [], []
     if resume:
         payload = ckpt.load(resume)
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         state = {"iteration": payload["iteration"], "epoch": payload["iteration"] // ITERS_PER_EPOCH - 1,
                  "part": payload["iteration"] % ITERS_PER_EPOCH}
-        losses = payload["losses"]
+        losses, history = payload["losses"], payload["steps"]
     model.train()
     trainer = net = None
     if mode == "graph":
@@ -68,11 +76,12 @@ def main(mode, out, steps, resume=None):
             optimizer.step()
         logged = dist.reduce_mean(flow.stack([values["bbox_regression"].detach(), values["classification"].detach()]))
         losses.append([float(v) for v in logged])
-    if trainer is not None:
-        trainer.export()
+        if trainer is not None:
+            trainer.export()
+        history.append(snapshot(model, optimizer))
     if dist.is_main():
         flow.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": steps,
-                   "losses": losses}, out)
+                   "losses": losses, "steps": history}, out)
     dist.barrier()
 
 

@@ -4,15 +4,17 @@ the same learning rate at every iteration, and checkpoints that either mode resu
 
 Tolerance. Graph and eager run the same CPU kernels on the same float32 data, but not in the same order: the graph
 compiler fuses and schedules ops itself, and with two processes sums the gradients in its own all-reduce rather
-than DDP's. Float32 rounding (about 1e-7 relative per operation) is all that may differ: after 3-5 steps of tiny_ssd
-we measure at most 1e-7 on losses and weights and 2e-7 on SGD momentum (each relative to the tensor's largest
-value), on one process and on two. The tests allow 1e-5, fifty times that, while a real mistake is far outside it:
-normalising the loss by all processes' positives instead of each process's own (what a naive global-tensor loss
-does) moves weights by up to 0.8 of their magnitude after 3 steps, a lost lr step by a factor 10.
+than DDP's. Float32 rounding is all that may differ, and on tiny_ssd it stays at float32's resolution step after
+step, in the weights and in the SGD momentum. Each tolerance below allows about ten times what was measured (its
+assertion message says what), a margin for another CPU, whose vector width makes its kernels sum in another order;
+a real mistake is far outside them: normalising the loss by all processes' positives instead of each process's own
+(what a naive global-tensor loss does) moves weights by a large part of their magnitude within a few steps, a lost
+lr step by a factor 10.
 """
 import os
 import sys
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import oneflow as flow
@@ -29,23 +31,70 @@ from tests import graph_mode_worker as worker
 from tests.conftest import TRAIN, TRAIN_SH, free_port, quick_args, run, tiny_ssd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RTOL = 1e-5
 
 
-def assert_same_training(a, b, rtol=RTOL):
-    """Two results of tests/graph_mode_worker.py (or two checkpoints): same losses, weights, momentum, counters."""
-    if "losses" in a:
-        np.testing.assert_allclose(a["losses"], b["losses"], rtol=rtol)
+class Tolerance(NamedTuple):
+    """How far two trainings may be apart: weights and SGD momentum as the largest difference in a tensor relative
+    to that tensor's largest magnitude, losses relative to themselves; ``measured`` is said when one is exceeded."""
+
+    weights: float
+    momentum: float
+    losses: float
+    measured: str
+
+
+# Graph against eager, tiny_ssd (the module docstring says why these margins).
+TINY = Tolerance(1e-6, 2e-6, 1e-6, "measured on tiny_ssd over 6 steps, 1 and 2 processes: weights 1e-7, momentum "
+                                    "2e-7, losses 7e-8")
+# SSD300's first step, graph against eager: as on tiny_ssd, with its deeper trunk.
+SSD300_FIRST = Tolerance(5e-6, 1e-5, 1e-6, "measured on SSD300's first step: weights 5e-7, momentum 1e-6, losses 0")
+# SSD300's second step, taken in graph mode from the two first steps' weights: rounding has put those apart, which in
+# the VGG trunk flips a few ReLU and max-pool decisions; that moves gradients far more than rounding does (as between
+# our model and flowvision's, tests/test_ssd300_vgg16.py), the momentum of a few small biases most. Its momentum bound
+# is the one this test has always had: not loosened to ten times the measured value, though the margin is smaller.
+SSD300_SECOND = Tolerance(5e-4, 1e-3, 1e-6, "measured on SSD300's second step: weights 5e-5, momentum 5e-4, "
+                                             "losses 7e-8")
+
+
+def largest_difference(xs, ys):
+    """``(difference, key)``: the largest ``max|x - y| / max|x|`` over the tensors of two dicts, and where it is."""
+    worst = (0.0, "")
+    for key, x in xs.items():
+        x, y = x.numpy(), ys[key].numpy()
+        worst = max(worst, (float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-12)), str(key)))
+    return worst
+
+
+def weights_and_momentum(result):
+    """``(weights, momentum)`` (name -> tensor, index -> tensor) of a worker's snapshot after a step (its ``steps``),
+    or of a worker result or checkpoint at its end."""
+    if "momentum" in result:
+        return result["model"], dict(enumerate(result["momentum"]))
+    state = result["optimizer"]["state"]
+    return result["model"], {index: state[index]["momentum_buf"] for index in state if index != "step"}
+
+
+def assert_same_training(a, b, tol):
+    """Two results of tests/graph_mode_worker.py (or two checkpoints): the same counters; losses, weights and SGD
+    momentum within ``tol``, after every step the results hold and at the end."""
     assert a["iteration"] == b["iteration"]
-    for name, tensor in a["model"].items():
-        x, y = tensor.numpy(), b["model"][name].numpy()
-        np.testing.assert_allclose(x, y, rtol=0, atol=rtol * max(np.abs(x).max(), 1e-12), err_msg=name)
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa.keys() == sb.keys() and sa["step"] == sb["step"]
-    for index in (k for k in sa if k != "step"):
-        x, y = sa[index]["momentum_buf"].numpy(), sb[index]["momentum_buf"].numpy()
-        np.testing.assert_allclose(x, y, rtol=0, atol=rtol * max(np.abs(x).max(), 1e-12), err_msg=f"momentum {index}")
     assert a["optimizer"]["param_groups"][0]["params"] == b["optimizer"]["param_groups"][0]["params"]
+    if "losses" in a:
+        losses = np.array(a["losses"])
+        worst = float(np.max(np.abs(losses - np.array(b["losses"])) / np.abs(losses)))
+        assert worst <= tol.losses, f"losses differ by {worst:.1e}, allowed {tol.losses:.0e} ({tol.measured})"
+    assert len(a.get("steps", [])) == len(b.get("steps", []))
+    states = [(f"after step {k + 1}", weights_and_momentum(x), weights_and_momentum(y))
+              for k, (x, y) in enumerate(zip(a.get("steps", []), b.get("steps", [])))]
+    states.append(("at the end", weights_and_momentum(a), weights_and_momentum(b)))
+    for when, (weights_a, momentum_a), (weights_b, momentum_b) in states:
+        for what, x, y, allowed in (("weights", weights_a, weights_b, tol.weights),
+                                    ("momentum", momentum_a, momentum_b, tol.momentum)):
+            got, where = largest_difference(x, y)
+            assert got <= allowed, (f"{what} {when} differ by {got:.1e} of their magnitude (in {where}), allowed "
+                                    f"{allowed:.0e} ({tol.measured})")
 
 
 def applied_lr(before, after):
@@ -56,6 +105,9 @@ def applied_lr(before, after):
     momentum = np.concatenate([after["optimizer"]["state"][i]["momentum_buf"].numpy().ravel()
                                for i in range(len(params))])
     return float(step.astype(np.float64) @ momentum / (momentum.astype(np.float64) @ momentum))
+
+
+STEPS = 6  # of tiny_ssd, graph against eager: through the warm-up, an lr step and 3 epochs
 
 
 def train_here(mode, out, steps, resume=None):
@@ -147,10 +199,11 @@ def test_lr_steps_follow_epochs_when_a_resumed_run_has_another_epoch_length():
 
 @pytest.mark.slow
 def test_graph_and_eager_training_agree_on_one_process(tmp_path):
-    """3 steps of tiny_ssd from the same weights and data, recipe optimizer, warm-up and an lr step."""
-    eager = train_here("eager", tmp_path / "eager", 3)
-    graph = train_here("graph", tmp_path / "graph", 3)
-    assert_same_training(eager, graph)
+    """6 steps of tiny_ssd from the same weights and data, recipe optimizer, warm-up and an lr step: the weights and
+    SGD momentum after each step."""
+    eager = train_here("eager", tmp_path / "eager", STEPS)
+    graph = train_here("graph", tmp_path / "graph", STEPS)
+    assert_same_training(eager, graph, TINY)
     start = tiny_ssd(worker.NUM_CLASSES).state_dict()
     moved = max(np.abs(t.numpy() - start[k].numpy()).max() for k, t in eager["model"].items())
     assert moved > 1e-3  # it trained: agreement is not two copies of the initial weights
@@ -161,14 +214,15 @@ def test_graph_and_eager_training_agree_on_two_processes(tmp_path):
     """The same under cv.detection.engine.launch with 2 processes: global tensors (model broadcast, batch split along
     dim 0) against DistributedDataParallel, each process on its own images. Each process normalises its loss by
     its own positives (eager DDP); the data makes that matter: the two processes' images have different numbers
-    of boxes at every step."""
-    eager = train_launched("eager", str(tmp_path / "eager"), 3)
-    graph = train_launched("graph", str(tmp_path / "graph"), 3)
-    assert_same_training(eager, graph)
-    boxes = [[sum(t["boxes"].shape[0] for t in worker.batch(step, rank)[1]) for rank in (0, 1)] for step in range(3)]
-    assert all(a != b for a, b in boxes), boxes
-    alone = train_here("eager", tmp_path / "alone", 3)
-    assert not np.allclose(alone["losses"], eager["losses"], rtol=1e-3)  # 2 processes saw twice the data
+    of boxes at most steps."""
+    eager = train_launched("eager", str(tmp_path / "eager"), STEPS)
+    graph = train_launched("graph", str(tmp_path / "graph"), STEPS)
+    assert_same_training(eager, graph, TINY)
+    boxes = [[sum(t["boxes"].shape[0] for t in worker.batch(step, rank)[1]) for rank in (0, 1)]
+             for step in range(STEPS)]
+    assert [a != b for a, b in boxes] == [True, True, True, False, False, True], boxes
+    alone = train_here("eager", tmp_path / "alone", 1)
+    assert not np.allclose(alone["losses"], eager["losses"][:1], rtol=1e-3)  # 2 processes saw twice the data
 
 
 @pytest.mark.slow
@@ -178,11 +232,11 @@ def test_checkpoints_resume_across_modes(tmp_path):
     straight = train_here("eager", tmp_path / "straight", 5)
     graph_part = train_here("graph", tmp_path / "graph_part", 2)  # the end of epoch 0
     train_here("eager", tmp_path / "eager_part", 3)  # mid-epoch 1, mid-warm-up: resumed in graph mode below
-    assert_same_training(graph_part, train_here("eager", tmp_path / "eager_2", 2))
+    assert_same_training(graph_part, train_here("eager", tmp_path / "eager_2", 2), TINY)
     graph_then_eager = train_here("eager", tmp_path / "graph_then_eager", 5, resume=tmp_path / "graph_part")
     eager_then_graph = train_here("graph", tmp_path / "eager_then_graph", 5, resume=tmp_path / "eager_part")
-    assert_same_training(straight, graph_then_eager)
-    assert_same_training(straight, eager_then_graph)
+    assert_same_training(straight, graph_then_eager, TINY)
+    assert_same_training(straight, eager_then_graph, TINY)
     num_params = len(graph_part["optimizer"]["param_groups"][0]["params"])
     assert set(graph_part["optimizer"]["state"]) == {"step", *range(num_params)}
     assert num_params == len(list(tiny_ssd(worker.NUM_CLASSES).parameters()))
@@ -291,15 +345,15 @@ def test_amp_graph_scales_the_loss_skips_overflowing_steps_and_keeps_the_lr_coun
 
 @pytest.mark.slow
 def test_the_graph_trains_through_the_trainer(sample_dataset):
-    """GraphModeTrainer: the same logged losses and weights as the eager Trainer (2 iterations of tiny_ssd on the
-    sample dataset's images at 64x64, through the training augmentation)."""
+    """GraphModeTrainer: the same logged losses, weights and SGD momentum as the eager Trainer (2 iterations of
+    tiny_ssd on the sample dataset's images at 64x64, through the training augmentation)."""
     from cv.detection.data.transforms import ssd_train_transform
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = CocoDetection(sample_dataset, "train", transform=ssd_train_transform((64, 64), (128, 128, 128)),
                            max_images=4)
-    results = {}
+    results, logged = {}, {}
     for mode in ("eager", "graph"):
         model = tiny_ssd(ds.num_classes)
         optimizer = flow.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
@@ -316,14 +370,11 @@ def test_the_graph_trains_through_the_trainer(sample_dataset):
         else:
             trainer = Trainer(**parts)
         trainer.train_epoch(make_loader(ds, 2, 0))
-        results[mode] = (records, model.state_dict(), trainer.iteration)
-    (eager_records, eager_weights, eager_it), (graph_records, graph_weights, graph_it) = results.values()
-    assert eager_it == graph_it == 2
-    for a, b in zip(eager_records, graph_records):
-        assert a["lr"] == b["lr"] and a["loss"] == pytest.approx(b["loss"], rel=RTOL)
-    for name, value in eager_weights.items():
-        x = value.numpy()
-        np.testing.assert_allclose(graph_weights[name].numpy(), x, rtol=0, atol=RTOL * max(np.abs(x).max(), 1e-12))
+        results[mode] = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "iteration": trainer.iteration, "losses": [[r["loss"]] for r in records]}
+        logged[mode] = [r["lr"] for r in records]
+    assert results["eager"]["iteration"] == 2 and logged["eager"] == logged["graph"]
+    assert_same_training(results["eager"], results["graph"], TINY)
 
 
 # --- the training program ---------------------------------------------------------------------------------------
@@ -347,11 +398,8 @@ def test_train_sh_graph_trains_ssd300_and_resumes_an_eager_checkpoint(sample_dat
     assert "resumed from" in resumed and "graph mode" in resumed
     graph_run = [ckpt.load(tmp_path / "graph" / f"checkpoint_epoch000{e}") for e in (0, 1)]
     mixed_run = [ckpt.load(tmp_path / "mixed" / f"checkpoint_epoch000{e}") for e in (0, 1)]
-    assert_same_training(graph_run[0], mixed_run[0])  # the first step: graph against eager
-    # The second step starts from weights 5e-7 apart (float32 rounding of the first): in SSD300's VGG trunk that
-    # flips a few ReLU and max-pool decisions, which moves gradients there by up to ~1e-3 (as between our model
-    # and flowvision's, tests/test_ssd300_vgg16.py). Measured: weights 5e-6, momentum 5e-5 apart.
-    assert_same_training(graph_run[1], mixed_run[1], rtol=1e-3)
+    assert_same_training(graph_run[0], mixed_run[0], SSD300_FIRST)  # the first step: graph against eager
+    assert_same_training(graph_run[1], mixed_run[1], SSD300_SECOND)
     # The lr of the second step, from the checkpoints (w1 = w0 - lr * momentum1): the lr step at epoch 1 was taken
     # by the graph that ran throughout and by the one that resumed the eager checkpoint.
     for before, after in (graph_run, mixed_run):
@@ -359,4 +407,4 @@ def test_train_sh_graph_trains_ssd300_and_resumes_an_eager_checkpoint(sample_dat
     records = [r for r in read_metrics(tmp_path / "graph" / "metrics.jsonl") if r["type"] == "train"]
     assert [r["lr"] for r in records] == pytest.approx([0.0003125, 0.00003125])
     mixed = [r for r in read_metrics(tmp_path / "mixed" / "metrics.jsonl") if r["type"] == "train"]
-    assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in mixed], rel=RTOL)
+    assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in mixed], rel=SSD300_SECOND.losses)

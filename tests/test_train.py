@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -411,40 +412,108 @@ def test_keep_checkpoints_flag_prunes_old_checkpoints(sample_dataset, tmp_path):
 
 
 def train_records(path):
-    return [(r["epoch"], r["iter"], r["iteration"]) for r in read_metrics(path) if r["type"] == "train"]
+    """The logged iterations of a metrics file, with their lr and losses."""
+    return [(r["epoch"], r["iter"], r["iteration"], r["lr"], r["loss"], r["bbox_regression"], r["classification"])
+            for r in read_metrics(path) if r["type"] == "train"]
+
+
+def process_status(pid):
+    """``/proc/PID/status`` as a dict: ``State``, ``ShdPnd`` (signals sent to the process, not yet delivered)..."""
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def wait_until(condition, what):
+    """Block until ``condition()`` holds: a state another process reaches, as /proc shows it. Not a timing: the
+    deadline only turns a hang into a failure."""
+    deadline = time.monotonic() + 600
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.01)
+
+
+def batches_read(trace_dir, rank):
+    """``[(iteration, image ids)]`` of every training step of process ``rank``, as it logged them ($CV_TRACE_DIR)."""
+    with open(trace_dir / f"rank{rank}.jsonl") as f:
+        return [(r["iteration"], r["image_ids"]) for r in map(json.loads, f) if r["event"] == "train:batch"]
 
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resume_auto_continues_exactly(sample_dataset, tmp_path):
-    """A scheduler's SIGTERM to train.sh mid-epoch: the iteration in progress ends, a resumable checkpoint is
-    saved, the exit status is 143; --resume auto then ends with the weights of a run never interrupted."""
-    common = quick_args(sample_dataset, tmp_path / "stopped", "--train-subset", "3", "--val-subset", "1",
-                        "--batch-size", "1", "--epochs", "2", "--eval-every", "100", "--workers", "1")
-    proc = subprocess.Popen(["bash", TRAIN_SH, *common], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("epoch 0 [1/3]"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 143, out + err
-    assert "SIGTERM received: stopping after the current iteration" in err
-    assert last_line(err).startswith("stopped: by SIGTERM at epoch 0, iteration ")
-    saved = ckpt.read_index(tmp_path / "stopped")["latest"]
-    assert saved.startswith("checkpoint_epoch0000_part0000")
-    part = int(saved[-6:])
-    assert 1 <= part < 3 and ckpt.load(tmp_path / "stopped" / saved)["iteration"] == part
+    """A scheduler's SIGTERM to train.sh with 2 processes, mid-epoch: the iteration in progress ends on both, a
+    resumable checkpoint is saved, the exit status is 143; --resume auto then ends bit for bit where a run never
+    interrupted ends: the same weights and SGD momentum, the same images read by each process at each step (the order
+    the seed and the epoch draw, across the stop and into the next epoch), the same logged losses.
 
-    resumed = run(["bash", TRAIN_SH, *common, "--resume", "auto"], tmp_path)
-    assert f"resumed from {tmp_path / 'stopped' / saved}: {part} iterations of epoch 0 done" in resumed.stdout
-    straight = tmp_path / "straight"
-    run(TRAIN + [a if a != str(tmp_path / "stopped") else str(straight) for a in common], tmp_path)
-    a, b = (ckpt.load(d / "checkpoint_epoch0001") for d in (straight, tmp_path / "stopped"))
-    assert a["iteration"] == b["iteration"] == 6
+    Both processes stop themselves before their first step (CV_PAUSE_AT); the SIGTERM goes to train.sh (the
+    launcher, which passes it on) while they are stopped, and they go on once it is pending in each of them: the stop
+    falls in the first iteration of the epoch's two, on a machine of any speed."""
+    def env(**extra):
+        return dict(os.environ, NPROC_PER_NODE="2", MASTER_PORT=str(free_port()), **extra)
+
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    traces = {run_dir: tmp_path / f"trace_{run_dir.name}" for run_dir in (stopped, straight)}
+    for directory in traces.values():
+        directory.mkdir()
+    common = quick_args(sample_dataset, stopped, "--train-subset", "4", "--val-subset", "1", "--batch-size", "1",
+                        "--epochs", "2", "--eval-every", "100", "--workers", "1")
+    proc = subprocess.Popen(["bash", TRAIN_SH, *common], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=env(CV_PAUSE_AT="train:step", CV_TRACE_DIR=str(traces[stopped])))
+    paused, lines = [], []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            found = re.match(r"paused at train:step \(pid (\d+)\)", line)
+            paused += [int(found[1])] if found else []
+            if len(paused) == 2:
+                break
+        assert len(paused) == 2, "".join(lines)
+        for pid in paused:
+            wait_until(lambda: process_status(pid)["State"].startswith("T"), f"process {pid} to stop itself")
+        proc.send_signal(signal.SIGTERM)
+        for pid in paused:
+            wait_until(lambda: int(process_status(pid)["ShdPnd"], 16) & 1 << (signal.SIGTERM - 1),
+                       f"the launcher to pass SIGTERM on to process {pid}")
+            os.kill(pid, signal.SIGCONT)
+        out = "".join(lines) + proc.communicate(timeout=600)[0]
+    finally:
+        proc.kill()
+        for pid in paused:  # stopped processes outlive a killed launcher
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 143, out
+    assert "SIGTERM received: stopping after the current iteration" in out
+    assert last_line(out).startswith("stopped: by SIGTERM at epoch 0, iteration 1 of 2; saved ")
+    saved = ckpt.read_index(stopped)["latest"]
+    assert saved == "checkpoint_epoch0000_part000001" and ckpt.load(stopped / saved)["iteration"] == 1
+
+    resumed = run(["bash", TRAIN_SH, *common, "--resume", "auto"], tmp_path,
+                  env=env(CV_TRACE_DIR=str(traces[stopped]))).stdout
+    assert f"resumed from {stopped / saved}: 1 iterations of epoch 0 done" in resumed
+    assert "weights identical on all 2 ranks" in resumed
+    run([sys.executable, "-m", "cv.detection.engine.launch", "cv.detection.ssd300_vgg16.train",
+         *[a if a != str(stopped) else str(straight) for a in common]], tmp_path,
+        env=env(CV_TRACE_DIR=str(traces[straight])))
+    a, b = (ckpt.load(d / "checkpoint_epoch0001") for d in (straight, stopped))
+    assert a["iteration"] == b["iteration"] == 4
     for name, tensor in a["model"].items():
         np.testing.assert_array_equal(tensor.numpy(), b["model"][name].numpy(), err_msg=name)
-    # One metrics file: every iteration logged once, in order, across the stop.
-    assert train_records(tmp_path / "stopped" / "metrics.jsonl") == train_records(straight / "metrics.jsonl")
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and sa["step"] == sb["step"] and len(sa) == len(a["model"]) + 1
+    for index in (k for k in sa if k != "step"):
+        np.testing.assert_array_equal(sa[index]["momentum_buf"].numpy(), sb[index]["momentum_buf"].numpy(),
+                                      err_msg=f"momentum of parameter {index}")
+    # The images each process read at each step: 2 steps per epoch, each image once per epoch across processes.
+    read = {d: [batches_read(traces[d], rank) for rank in (0, 1)] for d in (straight, stopped)}
+    assert read[stopped] == read[straight] and [[it for it, _ in rank] for rank in read[stopped]] == [[0, 1, 2, 3]] * 2
+    order = [sum((ids for rank in read[straight] for it, ids in rank if it // 2 == epoch), []) for epoch in (0, 1)]
+    assert len(set(order[0])) == 4 and sorted(order[0]) == sorted(order[1])
+    assert order[0] != order[1]  # the order is drawn anew each epoch: a resume that replayed epoch 0's would fail
+    # One metrics file: every iteration logged once, in order, with the same lr and losses, across the stop.
+    assert train_records(stopped / "metrics.jsonl") == train_records(straight / "metrics.jsonl")
 
 
 @pytest.mark.slow

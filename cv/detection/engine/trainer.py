@@ -14,6 +14,7 @@ from typing import NamedTuple, Sequence
 import oneflow as flow
 
 from cv.detection.engine import distributed as dist
+from cv.detection.utils import cli
 from cv.detection.data.base import set_epoch, to_tensors
 
 
@@ -194,6 +195,8 @@ class Trainer:
             lr = self.schedule(self.iteration, epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            cli.trace("train:batch", iteration=self.iteration, image_ids=[int(t["image_id"]) for t in targets])
+            cli.pause_point("train:step")  # a test signals the run here, mid-epoch, on every rank
             images, targets = to_tensors(images, targets, self.device)
             values = self._logged_losses(self.step(images, targets), epoch, num_iters)
             self.iteration += 1

@@ -11,6 +11,7 @@ Under :mod:`cv.detection.engine.launch`, each process also writes its error line
 launcher can repeat the first failure as the last line of the whole run.
 """
 import argparse
+import json
 import os
 import signal
 import sys
@@ -191,13 +192,24 @@ def writable_dir(path, flag):
     return path
 
 
-# --- test hook ---------------------------------------------------------------------------------------------------
+# --- test hooks --------------------------------------------------------------------------------------------------
 
 def pause_point(step):
-    """Where a program reaches ``step`` (e.g. ``publish:switched``, ``video:batch``): if ``$CV_PAUSE_AT``
-    (comma-separated) names it, the process stops itself there (SIGSTOP), so that a test can look at its outputs at
-    that very point, then kill it, signal it, or let it go on (SIGCONT): events instead of sleeps, whatever the
-    machine's speed. Nothing happens otherwise."""
+    """Where a program reaches ``step`` (e.g. ``publish:switched``, ``video:batch``, ``train:step``): if
+    ``$CV_PAUSE_AT`` (comma-separated) names it, the process stops itself there (SIGSTOP), so that a test can look at
+    its outputs at that very point, then kill it, signal it, or let it go on (SIGCONT): events instead of sleeps,
+    whatever the machine's speed. The message names the process, which need not be the test's child (a training
+    process under the launcher). Nothing happens otherwise."""
     if step in os.environ.get("CV_PAUSE_AT", "").split(","):
-        print(f"paused at {step}", file=sys.stderr, flush=True)
+        print(f"paused at {step} (pid {os.getpid()})", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def trace(event, **values):
+    """If ``$CV_TRACE_DIR`` names a directory, append ``{"event": event, **values}`` as a JSON line to this process's
+    file there (``rank<RANK>.jsonl``), so that a test can compare what two runs did step by step (which images each
+    training step read, before and after a resume). Nothing happens otherwise."""
+    directory = os.environ.get("CV_TRACE_DIR")
+    if directory:
+        with open(os.path.join(directory, f"rank{os.environ.get('RANK', '0')}.jsonl"), "a") as f:
+            f.write(json.dumps({"event": event, **values}) + "\n")
