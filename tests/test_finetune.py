@@ -61,7 +61,7 @@ def test_python_builder_transfers_to_other_classes(source_weights, monkeypatch, 
 
 
 @pytest.mark.slow
-def test_finetune_resume_infer_publish_without_backbone_download(sample_dataset, source_weights, tmp_path):
+def test_finetune_resume_test_infer_publish_without_backbone_download(sample_dataset, source_weights, tmp_path):
     env, out = env_for(source_weights), tmp_path / "out"
     first = run(["bash", TRAIN_SH, "--pretrained", *quick(sample_dataset, out, "--epochs", "1")], tmp_path,
                 env=env).stdout
@@ -72,6 +72,9 @@ def test_finetune_resume_infer_publish_without_backbone_download(sample_dataset,
                 env=env).stdout
     assert "model: every tensor from the checkpoint to resume (--resume)" in again and "resumed from" in again
     latest = out / "checkpoint_epoch0001"
+    tested = run(["bash", TRAIN_SH, "--test-only", "--weights", str(latest), *quick(sample_dataset, tmp_path / "eval")],
+                 tmp_path, env=env)
+    assert "model: loaded all 71 tensors" in tested.stdout and "Average Precision" in tested.stdout
     payload = ckpt.load(latest)
     assert payload["meta"]["label_names"][1:] == ["circle", "square", "triangle", "ring", "cross", "star"]
     assert payload["args"]["init"]["source"] == str(source_weights)
@@ -88,9 +91,9 @@ def test_finetune_resume_infer_publish_without_backbone_download(sample_dataset,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [1, 2])
-def test_starting_from_weights_contacts_no_backbone(sample_dataset, source_weights, tmp_path, processes):
-    env = env_for(source_weights, NPROC_PER_NODE=str(processes), MASTER_PORT=str(free_port()))
+def test_two_processes_starting_from_weights_contact_no_backbone(sample_dataset, source_weights, tmp_path):
+    """--weights, then --resume auto, then --test-only, each in two processes (one process: the test above)."""
+    env = env_for(source_weights, NPROC_PER_NODE="2", MASTER_PORT=str(free_port()))
     out = tmp_path / "out"
     trained = run(["bash", TRAIN_SH, "--weights", str(source_weights), *quick(sample_dataset, out, "--epochs", "1",
                                                                            "--batch-size", "1")], tmp_path, env=env)

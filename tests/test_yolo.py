@@ -311,13 +311,13 @@ def test_the_cli_writes_the_yolo_sample(tmp_path):
 @pytest.mark.slow
 def test_train_sh_and_infer_sh_on_the_yolo_sample(yolo_sample, tmp_path):
     out = tmp_path / "out"
-    res = run(["bash", TRAIN_SH, "--data-path", yolo_sample / "data.yaml", "--epochs", "1", "--train-subset", "8",
-               "--val-subset", "4", "--batch-size", "4", "--workers", "0", "--no-pretrained-backbone",
+    res = run(["bash", TRAIN_SH, "--data-path", yolo_sample / "data.yaml", "--epochs", "1", "--train-subset", "2",
+               "--val-subset", "2", "--batch-size", "2", "--workers", "0", "--no-pretrained-backbone",
                "--output-dir", out], tmp_path)
     assert res.stdout.startswith(f"YOLO dataset YAML: {yolo_sample / 'data.yaml'} (6 classes; splits train, val)")
-    assert "training on 8 images" in res.stdout and "COCO bbox evaluation: 4 images" in res.stdout
+    assert "training on 2 images" in res.stdout and "COCO bbox evaluation: 2 images" in res.stdout
     ap_line = next(line for line in res.stdout.splitlines() if "(AP) @[ IoU=0.50:0.95 | area=   all" in line)
     res = run(["bash", INFER_SH, "--weights", out / "checkpoint_epoch0000", "--eval", "--data-path",
-               yolo_sample / "data.yaml", "--max-images", "4", "--workers", "0", "--backend", "oneflow",
+               yolo_sample / "data.yaml", "--max-images", "2", "--workers", "0", "--backend", "oneflow",
                "--output-dir", tmp_path / "eval"], tmp_path)
-    assert "evaluating on 4 images" in res.stdout and ap_line in res.stdout  # the same weights, the same AP
+    assert "evaluating on 2 images" in res.stdout and ap_line in res.stdout  # the same weights, the same AP
