@@ -107,7 +107,7 @@ def fit_heads(model, features, targets, image_sizes, steps=150, batch_size=8, lr
             order += rng.permutation(len(targets)).tolist()
         batch, order = order[:batch_size], order[batch_size:]
         index = flow.tensor(batch, dtype=flow.int64)
-        head = model.head([f[index] for f in features])
+        head = model.head([flow.index_select(f, 0, index) for f in features])  # f[index] is far slower
         losses = model.compute_loss([targets[i] for i in batch], [image_sizes[i] for i in batch], head, anchors)
         loss = sum(losses.values())
         if not np.isfinite(float(loss)):
