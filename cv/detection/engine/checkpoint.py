@@ -28,7 +28,6 @@ the directory still holds the previous complete checkpoint and an index that nam
 skips checkpoints that are damaged anyway (a truncated copy, a disk error) and rebuilds a damaged index.
 """
 import io
-import json
 import math
 import os
 import pickle
@@ -196,12 +195,7 @@ META_FILE = "meta.json"
 
 def read_meta(directory):
     """The :data:`META_FILE` of a published weights directory, or None (absent, or not a JSON object)."""
-    try:
-        with open(os.path.join(directory, META_FILE)) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
+    return fileio.read_json_object(os.path.join(directory, META_FILE))
 
 
 def model_state(payload):
@@ -231,12 +225,7 @@ def checkpoint_name(epoch, part=None):
 
 def read_index(output_dir):
     """The index of ``output_dir`` (``{}`` when there is none or it is unreadable)."""
-    try:
-        with open(os.path.join(output_dir, INDEX)) as f:
-            index = json.load(f)
-        return index if isinstance(index, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return fileio.read_json_object(os.path.join(output_dir, INDEX)) or {}
 
 
 def _write_index(output_dir, index):

@@ -97,6 +97,17 @@ def write_json(path, obj, indent=None):
     write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
 
 
+def read_json_object(path):
+    """The JSON object in ``path``, or None when the file is absent, unreadable, not JSON or not an object: for the
+    small records we keep beside data (indexes, markers, meta files), where any of those means "no record"."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)

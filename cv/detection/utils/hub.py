@@ -25,7 +25,8 @@ import urllib.request
 
 from tqdm import tqdm
 
-from cv.detection.utils.fileio import atomic_path, remove, remove_dead_temporaries, write_bytes
+from cv.detection.utils.fileio import (atomic_path, read_json_object, remove, remove_dead_temporaries,
+                                      write_bytes)
 
 TIMEOUT = 30.0  # seconds a connect or one read may stall (per chunk: a slow but steady transfer is not cut off)
 CHUNK = 1 << 16
@@ -234,12 +235,7 @@ def _vet(tar_path, member):
 
 
 def _marker(directory):
-    try:
-        with open(os.path.join(directory, MARKER)) as f:
-            marker = json.load(f)
-        return marker if isinstance(marker, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json_object(os.path.join(directory, MARKER)) or {}
 
 
 def _in_the_way(final, marker):
