@@ -1,8 +1,9 @@
 """int8 inference (:mod:`cv.detection.deploy.quantize`, ``infer.sh --precision int8``).
 
 The accuracy check needs a model that really detects objects: SSD300-VGG16 with its random trunk frozen and its
-heads fitted to 8 sample images (:mod:`fitting`), built once for this module (five to six minutes on 2
-CPU cores), exported and quantized once (calibrated on 16 other training images), all under pytest's tmp dirs.
+heads fitted to 8 sample images (:mod:`fitting`), built once for this module, exported and quantized once
+(calibrated on 16 other training images), all under pytest's tmp dirs. Agreement with float32 is measured on the
+fitted images and on held-out ones (the val split: neither fitted nor calibrated on).
 """
 import contextlib
 import io
@@ -10,32 +11,37 @@ import json
 import os
 import shutil
 
+from typing import NamedTuple
+
 import numpy as np
 import oneflow as flow
 import pytest
+
+from cv.detection.data.coco import CocoDetection
 
 pytestmark = pytest.mark.slow
 
 FITTED_IMAGES = 8
 CALIBRATION_IMAGES = 16
+HELD_OUT_IMAGES = 12
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    """``(model, dataset, calibration folder)``: the fitted SSD300, the plain dataset of its 8 images, and a
-    folder holding 16 other images of the same training split."""
+    """``(model, dataset, calibration folder, held-out dataset)``: the fitted SSD300, the plain dataset of its 8
+    images, a folder holding 16 other images of the same training split, and the 12 val images."""
     from fitting import fitted_ssd300
     from cv.detection.data.sample import make_sample_dataset
 
     root = tmp_path_factory.mktemp("int8_data")
-    make_sample_dataset(root, seed=0, num_train=FITTED_IMAGES + CALIBRATION_IMAGES, num_val=1)
+    make_sample_dataset(root, seed=0, num_train=FITTED_IMAGES + CALIBRATION_IMAGES, num_val=HELD_OUT_IMAGES)
     model, dataset = fitted_ssd300(root, FITTED_IMAGES, augmented_views=3, steps=150, batch_size=8)
     fitted_files = {os.path.basename(image[1]) for image in dataset.images}
     calibration = tmp_path_factory.mktemp("calibration")
     for name in sorted(os.listdir(root / "train2017")):
         if name not in fitted_files:
             shutil.copy(root / "train2017" / name, calibration / name)
-    return model, dataset, calibration
+    return model, dataset, calibration, CocoDetection(root, "val")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,7 @@ def networks(fitted, tmp_path_factory):
     from cv.detection.deploy.onnx_backend import cached_export
     from cv.detection.deploy.quantize import cached_quantized_export, calibration_images
 
-    model, _, calibration = fitted
+    model, _, calibration, _ = fitted
     cache_root = tmp_path_factory.mktemp("flowvision_cache")
     messages = []
     float_path = cached_export(model, str(cache_root / "onnx"))
@@ -145,51 +151,71 @@ def test_quantized_graph(networks):
     assert all(producers[o.name].op_type == "Concat" for o in model.graph.output)
 
 
+class Agreement(NamedTuple):
+    """float32 against int8 (ONNX Runtime) on one set of images: their COCO numbers, and how many of float32's
+    detections scoring >= 0.3 int8 finds too (same label, IoU >= 0.9)."""
+    float32: dict
+    int8: dict
+    matched: int
+    total: int
+
+    def __str__(self):
+        f, q = self.float32, self.int8
+        return (f"float32 AP {f['AP']:.4f} AP50 {f['AP50']:.4f}; int8 AP {q['AP']:.4f} AP50 {q['AP50']:.4f}; "
+                f"{self.matched}/{self.total} matched")
+
+
 @pytest.fixture(scope="module")
 def accuracy(fitted, networks):
-    """float32 and int8 (ONNX Runtime) on the fitted images: their COCO numbers, and how many of float32's
-    detections scoring >= 0.3 int8 finds too (same label, IoU >= 0.9)."""
+    """``{"fitted": Agreement, "held-out": Agreement}``."""
     from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
     from cv.detection.deploy.quantize import match_rate
 
-    model, dataset, _ = fitted
+    model, dataset, _, held_out = fitted
     _, float_path, int8_path, _ = networks
-    paths = [image[1] for image in dataset.images]
-    reference = detect_all(OnnxRuntimeSSD(model, float_path), paths)
-    quantized = detect_all(OnnxRuntimeSSD(model, int8_path), paths)
-    matched, total = match_rate(reference, quantized)
-    f, q = coco_stats(dataset, reference), coco_stats(dataset, quantized)
-    summary = (f"float32 AP {f['AP']:.4f} AP50 {f['AP50']:.4f}; int8 AP {q['AP']:.4f} AP50 {q['AP50']:.4f}; "
-               f"{matched}/{total} matched")
-    return f, q, matched, total, summary
+    result = {}
+    for name, images in (("fitted", dataset), ("held-out", held_out)):
+        paths = [image[1] for image in images.images]
+        reference = detect_all(OnnxRuntimeSSD(model, float_path), paths)
+        quantized = detect_all(OnnxRuntimeSSD(model, int8_path), paths)
+        result[name] = Agreement(coco_stats(images, reference), coco_stats(images, quantized),
+                                 *match_rate(reference, quantized))
+    return result
 
 
 def test_the_fitted_model_detects(accuracy):
-    f, _, _, total, summary = accuracy
-    assert f["AP50"] >= 0.4 and f["AP"] >= 0.2, summary
-    assert total >= 3 * FITTED_IMAGES, summary  # detections scoring >= 0.3 on every image, on average
+    fitted = accuracy["fitted"]
+    assert fitted.float32["AP50"] >= 0.4 and fitted.float32["AP"] >= 0.2, fitted
+    assert fitted.total >= 3 * FITTED_IMAGES, fitted  # detections scoring >= 0.3 on every image, on average
 
 
 def test_int8_stays_close_to_float32(accuracy):
-    """What int8 is measured to keep on this model (benchmark.py --sections int8 has the fuller numbers): AP and AP50
-    within 3 points, 80% of the detections (one to one: see match_rate). A broken quantization (a quantized L2
-    normalisation, int8 class logits, ReduceSum over all axes) misses these by far."""
-    f, q, matched, total, summary = accuracy
-    assert abs(q["AP"] - f["AP"]) <= 0.03, summary
-    assert abs(q["AP50"] - f["AP50"]) <= 0.03, summary
-    assert matched >= 0.80 * total, summary
+    """What int8 is measured to keep on this model (benchmark.py --sections int8 has the fuller numbers): on the
+    fitted images AP and AP50 within 3 points and 80% of the detections (one to one: see match_rate); on held-out
+    images, where the model's few confident detections are not the objects (its AP there is near 0), int8 still
+    has to find two thirds of them. A broken quantization (a quantized L2 normalisation, int8 class logits,
+    ReduceSum over all axes) misses these by far."""
+    fitted, held_out = accuracy["fitted"], accuracy["held-out"]
+    assert abs(fitted.int8["AP"] - fitted.float32["AP"]) <= 0.03, fitted
+    assert abs(fitted.int8["AP50"] - fitted.float32["AP50"]) <= 0.03, fitted
+    assert fitted.matched >= 0.80 * fitted.total, fitted
+    assert held_out.total >= HELD_OUT_IMAGES and held_out.matched >= 2 / 3 * held_out.total, held_out
 
 
-@pytest.mark.xfail(strict=True, reason="int8 moves boxes by about 4% (median IoU 0.96 with float32's; the box "
-                                       "offsets get noise of 0.09 in encoded units): 41 to 47 of float32's 50 "
-                                       "detections are matched at IoU >= 0.9, short of 95%; int8 stays opt-in")
-def test_int8_meets_the_acceptance_criteria(accuracy):
-    """The bar for making int8 the default on CPU: AP and AP50 within 1 point of float32's, and int8 finds at least
-    95% of float32's detections scoring >= 0.3 (same label, IoU >= 0.9)."""
-    f, q, matched, total, summary = accuracy
-    assert abs(q["AP"] - f["AP"]) <= 0.01, summary
-    assert abs(q["AP50"] - f["AP50"]) <= 0.01, summary
-    assert matched >= 0.95 * total, summary
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="int8 moves boxes by a few percent (the box offsets get noise from the quantized trunk): "
+                          "fewer than 95% of float32's detections have a twin at IoU >= 0.9; int8 stays opt-in")
+def test_int8_finds_95_percent_of_float32s_detections(accuracy):
+    """The bar for making int8 the default on CPU, its unmet part: int8 finds at least 95% of float32's detections
+    scoring >= 0.3 (same label, IoU >= 0.9). The other part, AP and AP50 within 1 point, is met: the next test."""
+    fitted = accuracy["fitted"]
+    assert fitted.matched >= 0.95 * fitted.total, fitted
+
+
+def test_int8_keeps_ap_within_one_point(accuracy):
+    fitted = accuracy["fitted"]
+    assert abs(fitted.int8["AP"] - fitted.float32["AP"]) <= 0.01, fitted
+    assert abs(fitted.int8["AP50"] - fitted.float32["AP50"]) <= 0.01, fitted
 
 
 def test_quantized_once_per_weights_and_calibration(fitted, networks):
@@ -197,7 +223,7 @@ def test_quantized_once_per_weights_and_calibration(fitted, networks):
     without a word; other calibration images make another file."""
     from cv.detection.deploy.quantize import cached_quantized_export, calibration_images
 
-    model, _, calibration = fitted
+    model, _, calibration, _ = fitted
     cache_root, _, int8_path, messages = networks
     assert len(messages) == 2 and "calibrated on 16 images" in messages[0] and messages[1].startswith("quantized in")
     again = []
@@ -213,18 +239,19 @@ def test_quantized_once_per_weights_and_calibration(fitted, networks):
 
 
 def test_infer_int8(fitted, networks, tmp_path, monkeypatch, capsys):
-    """``infer.sh --precision int8`` (backend implied) on two fitted images: it reuses the cached int8 network
+    """``infer.sh --precision int8`` (backend implied) on the fitted images: it reuses the cached int8 network
     (same weights, same calibration images), says which backend and precision it runs, and writes the detections
-    the int8 detector gives."""
+    the int8 detector gives; and, computed independently of ONNX, they are twins of the float32 OneFlow model's."""
     from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.deploy.quantize import match_rate
     from cv.detection.ssd300_vgg16 import infer
 
-    model, dataset, calibration = fitted
+    model, dataset, calibration, _ = fitted
     cache_root, _, int8_path, _ = networks
     weights = tmp_path / "weights"
     flow.save(model.state_dict(), str(weights))
     monkeypatch.setenv("FLOWVISION_CACHE", str(cache_root))
-    images = [image[1] for image in dataset.images[:2]]
+    images = [image[1] for image in dataset.images]
     args = infer.get_args_parser().parse_args(
         ["--weights", str(weights), "--precision", "int8", "--calibration-data", str(calibration), "--images", *images,
          "--output-dir", str(tmp_path / "out"), "--batch-size", "1"])
@@ -233,12 +260,19 @@ def test_infer_int8(fitted, networks, tmp_path, monkeypatch, capsys):
     assert "backend onnxruntime (int8), device cpu" in out
     assert "exporting" not in out and "quantizing" not in out
     expected = detect_all(OnnxRuntimeSSD(model, int8_path), images)
+    written = []
     for path, det in zip(images, expected):
         record = json.loads((tmp_path / "out" / (os.path.splitext(os.path.basename(path))[0] + ".json")).read_text())
         keep = det["scores"].numpy() >= 0.3
         assert [d["label"] for d in record["detections"]] == det["labels"].numpy()[keep].tolist()
         np.testing.assert_allclose([d["box"] for d in record["detections"]], det["boxes"].numpy()[keep].reshape(-1, 4),
                                    atol=0.01)
+        written.append({"boxes": np.array([d["box"] for d in record["detections"]], np.float32).reshape(-1, 4),
+                        "scores": np.array([d["score"] for d in record["detections"]], np.float32),
+                        "labels": np.array([d["label"] for d in record["detections"]])})
+    # Fewer twins than test_int8_stays_close_to_float32 counts: int8 detections scoring under 0.3 are not written.
+    matched, total = match_rate(detect_all(model, images), written)
+    assert total >= 3 * FITTED_IMAGES and matched >= 2 / 3 * total, (matched, total)
 
 
 def test_infer_int8_needs_onnxruntime(tmp_path):
