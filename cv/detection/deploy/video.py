@@ -34,7 +34,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image
 
-from cv.detection.utils import cli, fileio
+from cv.detection.utils import cli, fileio, pipeline
 
 # libx264 at CRF 20 keeps drawn boxes and label text sharp. "veryfast" rather than x264's default "medium": about a
 # third of the encoding time per frame, which would otherwise cost a noticeable share of the frame rate on a CPU
@@ -90,6 +90,7 @@ class VideoSource:
         self.stream = container.streams.video[0]
         self.stop_reason, self.dropped, self.rotation = None, 0, 0
         self._first, self._frames, self._stop, self._thread = None, None, threading.Event(), None
+        self._ahead = None
         self._t0, self._count = None, 0
         cc = self.stream.codec_context
         self.width, self.height = cc.width, cc.height
@@ -159,6 +160,8 @@ class VideoSource:
 
     def close(self):
         self._stop.set()
+        if self._ahead is not None:
+            self._ahead.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
             if self._thread.is_alive():  # blocked in the device: closing now could free what it is reading into
@@ -218,17 +221,21 @@ class VideoSource:
         yield from self._frames
 
     def batches(self, size, stop=lambda: False):
-        """Lists of up to ``size`` ``(rgb, seconds)`` until the input ends or ``stop()`` is true. A live source is
-        read in a thread, and each batch is the newest frames (older ones are dropped, counted in ``dropped``)."""
+        """Lists of up to ``size`` ``(rgb, seconds)`` until the input ends or ``stop()`` is true, read in a thread.
+        A file is decoded up to a batch ahead; for a live source each batch is the newest frames (older ones are
+        dropped, counted in ``dropped``)."""
         if not self.live:
             batch = []
-            for item in self:
-                batch.append(item)
-                if len(batch) == size:
-                    yield batch
-                    batch = []
-                    if stop():
-                        return
+            # Decoded in a thread, a batch ahead of the consumer; close() stops it before closing the container.
+            self._ahead = pipeline.Ahead(self, depth=size, name=f"decode {self.name}")
+            with self._ahead as frames:
+                for item in frames:
+                    batch.append(item)
+                    if len(batch) == size:
+                        yield batch
+                        batch = []
+                        if stop():
+                            return
             if batch:
                 yield batch
             return
@@ -365,6 +372,13 @@ class VideoResult:
                 f"{outputs}")
 
 
+def _frame_records(batch, detections, video, first, fields):
+    """The JSON lines of a batch of ``(rgb, seconds)`` frames, numbered from ``first``."""
+    return [{"video": video, "frame": first + i, "time": round(seconds, 6), "width": rgb.shape[1],
+             "height": rgb.shape[0], **fields, "detections": dets}
+            for i, ((rgb, seconds), dets) in enumerate(zip(batch, detections))]
+
+
 class NoFrames(ValueError):
     """The input gave no frame at all: nothing is written."""
 
@@ -401,30 +415,33 @@ def process_video(source, detect, to_records, draw, video_path, jsonl_path, batc
             open(jsonl_tmp, "w") as lines, \
             tqdm(total=source.total, desc=os.path.basename(source.name), unit="frame", file=sys.stderr,
                  disable=not progress, mininterval=0.5 if tty else 10, dynamic_ncols=True) as bar:
+
+        def write(batch, records):  # in the drawing thread, a batch behind the detector
+            for (rgb, seconds), record in zip(batch, records):
+                lines.write(json.dumps(record) + "\n")
+                writer.write(np.asarray(draw(Image.fromarray(rgb), record["detections"])), seconds)
+            lines.flush()
+            bar.update(len(batch))
+
         try:
-            for batch in source.batches(batch_size, stop):
-                outputs = detect([rgb for rgb, _ in batch])
-                if writer is None:  # sized by the first frame (upright); any other size is scaled to it
-                    height, width = batch[0][0].shape[:2]
-                    writer = VideoWriter(video_tmp, width, height, source.rate, source.time_base,
-                                         fragmented=source.live)
-                for (rgb, seconds), output in zip(batch, outputs):
-                    dets = to_records(output)
-                    record = {"video": name, "frame": frames, "time": round(seconds, 6),
-                              "width": rgb.shape[1], "height": rgb.shape[0], **fields, "detections": dets}
-                    lines.write(json.dumps(record) + "\n")
-                    writer.write(np.asarray(draw(Image.fromarray(rgb), dets)), seconds)
-                    frames += 1
-                    detections += len(dets)
-                lines.flush()
-                bar.update(len(batch))
-                cli.pause_point("video:batch")
+            with pipeline.Behind(depth=1, name="draw and encode") as behind:
+                for batch in source.batches(batch_size, stop):
+                    outputs = detect([rgb for rgb, _ in batch])
+                    if writer is None:  # sized by the first frame (upright); any other size is scaled to it
+                        height, width = batch[0][0].shape[:2]
+                        writer = VideoWriter(video_tmp, width, height, source.rate, source.time_base,
+                                             fragmented=source.live)
+                    records = _frame_records(batch, [to_records(out) for out in outputs], name, frames, fields)
+                    frames += len(records)
+                    detections += sum(len(r["detections"]) for r in records)
+                    behind.submit(write, batch, records)
+                    cli.pause_point("video:batch")
             if frames == 0:
                 raise NoFrames(f"{source.name}: no frame was read" + (f" ({source.stop_reason})"
                                                                       if source.stop_reason else ""))
             writer.close()
         except BaseException:
-            if writer is not None:
+            if writer is not None:  # the drawing thread has ended (leaving Behind waits for it)
                 writer.abort()
             raise
     reason = source.stop_reason

@@ -25,7 +25,7 @@ from cv.detection.data.base import as_rgb, load_rgb
 from cv.detection.data.transforms import to_chw_float
 from cv.detection.engine import checkpoint as ckpt
 from cv.detection.ssd300_vgg16.weights import from_state_dict, label_names, load_source, weights_url
-from cv.detection.utils import hub
+from cv.detection.utils import hub, pipeline
 
 EXIF_ORIENTATION = 0x0112
 BACKENDS = ("auto", "oneflow", "onnxruntime")
@@ -133,6 +133,14 @@ def _check(x, name):
     elif not isinstance(x, Image.Image):
         raise ValueError(f"{name} is {_describe(x)}: expected an image path, a PIL image or an HxWx3 uint8 RGB "
                          "NumPy array")
+
+
+def _read(x):
+    """``(x, its _Picture, None)``, or ``(x, None, the OSError)`` when the file cannot be read."""
+    try:
+        return x, _picture(x), None
+    except OSError as e:
+        return x, None, e
 
 
 def _picture(x):
@@ -338,26 +346,25 @@ class Detector:
         """Yield the :class:`Detections` of each of ``images`` (an iterable of what :meth:`predict` takes), reading
         and detecting ``batch_size`` at a time: for many images, or to act on each as soon as it is done. A file
         that cannot be read is a ValueError naming it, or with ``skip`` is left out after ``skip(path, error)``
-        (``error``: the OSError saying why)."""
-        batch = []
-        for x in images:
-            batch.append(x)
-            if len(batch) == batch_size:
-                yield from self._detect(batch, skip)
-                batch = []
-        if batch:
-            yield from self._detect(batch, skip)
-
-    def _detect(self, inputs, skip):
-        pictures = []
-        for x in inputs:
-            try:
-                pictures.append(_picture(x))
-            except OSError as e:
-                if skip is None:
+        (``error``: the OSError saying why). The next ``batch_size`` images are read and decoded in a background
+        thread while the network runs on the current ones; ``skip`` is called in the caller's thread."""
+        batch, inputs = [], 0
+        with pipeline.Ahead(map(_read, images), depth=batch_size, name="read images") as read:
+            for x, picture, error in read:
+                if error is None:
+                    batch.append(picture)
+                elif skip is None:
                     name = f"image {os.fspath(x)}" if isinstance(x, (str, os.PathLike)) else "the PIL image"
-                    raise ValueError(f"{name}: cannot be read: {e}") from None
-                skip(x, e)
+                    raise ValueError(f"{name}: cannot be read: {error}") from None
+                else:
+                    skip(x, error)
+                inputs += 1
+                if inputs == batch_size:  # batches of inputs, as without read-ahead: the same network batches
+                    yield from self._detect(batch)
+                    batch, inputs = [], 0
+        yield from self._detect(batch)
+
+    def _detect(self, pictures):
         if not pictures:
             return []
         with flow.no_grad():

@@ -11,6 +11,7 @@ Videos and a camera (``--video``, ``--camera``): per input, the video with the b
 one JSON line of detections per frame (``<name>.jsonl``); see :mod:`cv.detection.deploy.video`.
 """
 import argparse
+import contextlib
 import glob
 import os
 import time
@@ -21,7 +22,7 @@ import oneflow as flow
 from cv.detection.engine import checkpoint as ckpt
 from cv.detection.utils import cli
 from cv.detection.data import layouts as datasets
-from cv.detection.utils import fileio
+from cv.detection.utils import fileio, pipeline
 from cv.detection.deploy import video
 from cv.detection.data.coco import COCO_NUM_CLASSES
 from cv.detection.data.base import make_loader
@@ -148,7 +149,8 @@ def output_names(paths):
 def run_on_images(detector, paths, args):
     """Detect with ``detector`` (a :class:`Detector`), write ``<name>.json`` and ``<name>.jpg`` per image, print a
     line each; returns the JSON records. An unreadable image is skipped with a message naming it (the others still
-    run) and counted."""
+    run) and counted. Images are decoded ahead (:meth:`Detector.stream`), and drawn and written behind the network
+    in one thread (:class:`pipeline.Behind`); the lines, files and records come in the order they would in line."""
     results, skipped = [], []
     outputs = dict(zip(paths, output_names(paths)))
 
@@ -156,7 +158,7 @@ def run_on_images(detector, paths, args):
         skipped.append(path)
         print(f"{path}: skipped, cannot be read: {error}", flush=True)
 
-    for found in detector.stream(paths, args.batch_size, skip=skip):
+    def save(found):
         record = found.to_json()
         stem = os.path.join(args.output_dir, outputs[found.path])
         fileio.write_json(stem + ".json", record, indent=1)
@@ -164,6 +166,12 @@ def run_on_images(detector, paths, args):
             found.draw().save(tmp, format="JPEG", quality=92)
         print(f"{found.path}: {found}", flush=True)
         results.append(record)
+
+    with pipeline.Behind(depth=args.batch_size, name="write images") as behind:
+        found = detector.stream(paths, args.batch_size, skip=lambda path, error: behind.submit(skip, path, error))
+        with contextlib.closing(found):  # its read-ahead thread stops here, even on an error
+            for one in found:
+                behind.submit(save, one)
     if skipped:
         print(f"{len(skipped)} of {len(paths)} images could not be read and were skipped", flush=True)
     return results
