@@ -51,11 +51,9 @@ def runner(runtime, path):
     if runtime == "onnxruntime":
         sess = session(path)
         return lambda batch: sess.run(None, {"images": batch})
-    import openvino as ov
+    from cv.detection.deploy.openvino_backend import read_onnx, require_openvino
 
-    from cv.detection.deploy.openvino_backend import read_onnx
-
-    core = ov.Core()
+    core = require_openvino().Core()
     compiled = core.compile_model(read_onnx(core, path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def run(batch):
@@ -159,12 +157,10 @@ def test_equal_scores_ordered_as_ours(tmp_path, runtime):
 def test_openvino_reads_topk_unstable(tiny_export):
     """Why :func:`read_onnx` exists: OpenVINO's ONNX reader makes both TopK of the graph unstable (equal values in
     any order), where ONNX lists them lower index first. When this fails, OpenVINO keeps ONNX's order itself."""
-    import openvino as ov
-
-    from cv.detection.deploy.openvino_backend import read_onnx
+    from cv.detection.deploy.openvino_backend import read_onnx, require_openvino
 
     _, path = tiny_export
-    core = ov.Core()
+    core = require_openvino().Core()
 
     def stable(model):
         return [op.get_attributes()["stable"] for op in model.get_ordered_ops() if op.get_type_name() == "TopK"]

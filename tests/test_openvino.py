@@ -61,6 +61,15 @@ def test_missing_openvino_is_one_line_naming_the_pin(monkeypatch, tmp_path, caps
         Detector.load(str(tmp_path / "missing"), backend="openvino")
 
 
+def test_openvino_is_imported_without_its_usage_reporting():
+    """The backend's ``import openvino`` leaves out the model-conversion API, whose import sends a usage event from a
+    forked process (which deadlocked processes running OneFlow here); nothing in this test session imports it."""
+    from cv.detection.deploy.openvino_backend import require_openvino
+
+    assert require_openvino().Core
+    assert "openvino.tools.ovc" not in sys.modules and "openvino_telemetry" not in sys.modules
+
+
 class CapabilitiesOf:
     """A stand-in for ``openvino.Core`` that lists ``capabilities`` as the CPU's."""
 

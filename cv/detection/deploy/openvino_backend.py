@@ -15,22 +15,37 @@ Precision is OpenVINO's ``INFERENCE_PRECISION_HINT``:
 - ``int8``: the QDQ network; OpenVINO's low-precision transformations run its quantized trunk in int8, and the parts
   left float32 (the L2 normalisation, the heads: see :mod:`quantize`) stay float32 (hint f32, not bf16).
 """
+import sys
+
 from cv.detection.deploy.onnx_backend import ExportedNetworkSSD
 from cv.detection.utils.cli import UserError
 
 VERSION = "2026.4.1"  # requirements.txt's pin; named in the message when OpenVINO is missing
-PRECISIONS = ("float32", "bfloat16", "int8")
-_HINTS = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}
+# INFERENCE_PRECISION_HINT by precision; int8's float32 parts stay float32 (see the module docstring).
+HINTS = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}
 
 
 def require_openvino():
-    """The ``openvino`` module, or a one-line :class:`UserError` saying how to install it."""
+    """The ``openvino`` module, imported without its model-conversion API, or a one-line :class:`UserError` saying
+    how to install it.
+
+    ``import openvino`` also imports ``openvino.tools.ovc`` (``openvino.convert_model``), which sends a usage event to
+    Google Analytics unless the user opted out, from a thread that forks a process to do it. Forked while OneFlow
+    runs, the process can deadlock (seen in tests here), and an inference backend should not report its use. Only
+    the runtime (``Core``) is needed: the conversion API is kept out of this import (``openvino.tools.ovc`` can still
+    be imported explicitly afterwards)."""
+    blocked = "openvino.tools.ovc" not in sys.modules
+    if blocked:
+        sys.modules["openvino.tools.ovc"] = None  # openvino/__init__.py skips it on ImportError
     try:
         import openvino
     except ImportError as e:
         raise UserError(f"the OpenVINO backend needs the openvino package ({e}): install it with "
                         f".venv/bin/python -m pip install openvino=={VERSION} (or the package's extra: "
                         "pip install -e '.[openvino]')") from None
+    finally:
+        if blocked:
+            del sys.modules["openvino.tools.ovc"]
     return openvino
 
 
@@ -75,14 +90,14 @@ class OpenVinoSSD(ExportedNetworkSSD):
 
     def __init__(self, model, onnx_path, precision="float32", threads=None, log=print):
         super().__init__(model, onnx_path)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if precision not in HINTS:
+            raise ValueError(f"precision {precision!r}: expected one of {', '.join(HINTS)}")
         exported = self.info.get("precision", "float32")
         if (exported == "int8") != (precision == "int8"):
             raise ValueError(f"{onnx_path} is the {exported} network, not one for precision {precision}")
         core = require_openvino().Core()
         self.precision = runnable_precision(core, precision, log)
-        config = {"INFERENCE_PRECISION_HINT": _HINTS[self.precision]}
+        config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         compiled = core.compile_model(read_onnx(core, onnx_path), "CPU", config)
