@@ -200,38 +200,52 @@ def profile_stages(model, detector, names, paths, out_dir, repeats, before=False
     return {s: 1000 * statistics.median(v[skip:]) for s, v in times.items()}
 
 
+def fitted_networks(args, work, result):
+    """The section's subject, made in ``work``: ``(model, dataset, float32 ONNX path, int8 ONNX path)``, the model
+    fitted to --int8-images sample images (``dataset``), its int8 network calibrated on 16 other training images.
+    Records the one-off seconds (fit, export, quantization) and the image counts in ``result``."""
+    from fitting import fitted_ssd300
+    from cv.detection.deploy.onnx_backend import cached_export
+    from cv.detection.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, cached_quantized_export
+    from cv.detection.data.sample import make_sample_dataset
+
+    root = os.path.join(work, "data")
+    n, calibration = args.int8_images, DEFAULT_CALIBRATION_IMAGES
+    make_sample_dataset(root, seed=0, num_train=n + calibration, num_val=1)
+    start = time.perf_counter()
+
+    def log(step, losses, seconds):
+        print(f"  fitting: step {step}, {seconds:.0f} s, " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()),
+              flush=True)
+
+    model, dataset = fitted_ssd300(root, n, steps=args.int8_steps, log=log)
+    result["fit_s"] = time.perf_counter() - start
+    paths = [record.path for record in dataset.images]
+    all_train = sorted(glob.glob(os.path.join(root, "train2017", "*.jpg")))
+    calibration_paths = [p for p in all_train if p not in paths][:calibration]
+    cache = os.path.join(work, "onnx")
+    start = time.perf_counter()
+    float_path = cached_export(model, cache)
+    result["export_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    int8_path = cached_quantized_export(model, cache, calibration_paths, log=lambda m: None)
+    result["quantize_s"] = time.perf_counter() - start
+    result["images"], result["calibration_images"] = n, len(calibration_paths)
+    return model, dataset, float_path, int8_path
+
+
 def bench_int8(args):
     from benchmark import summarize, time_alternating  # scripts/benchmark.py, which runs this section
     from cv.detection.data.base import load_rgb
-    from fitting import fitted_ssd300
-    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
-    from cv.detection.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, cached_quantized_export, match_rate
-    from cv.detection.data.sample import make_sample_dataset
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.deploy.quantize import match_rate
     from cv.detection.ssd300_vgg16.detector import label_names
     from cv.detection.data.transforms import to_chw_float
 
     result = {}
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as work:
-        root = os.path.join(work, "data")
-        n, calibration = args.int8_images, DEFAULT_CALIBRATION_IMAGES
-        make_sample_dataset(root, seed=0, num_train=n + calibration, num_val=1)
-        start = time.perf_counter()
-        def log(step, losses, seconds):
-            print(f"  fitting: step {step}, {seconds:.0f} s, " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()),
-                  flush=True)
-
-        model, dataset = fitted_ssd300(root, n, steps=args.int8_steps, log=log)
-        result["fit_s"] = time.perf_counter() - start
+        model, dataset, float_path, int8_path = fitted_networks(args, work, result)
         paths = [record.path for record in dataset.images]
-        all_train = sorted(glob.glob(os.path.join(root, "train2017", "*.jpg")))
-        calibration_paths = [p for p in all_train if p not in paths][:calibration]
-        cache = os.path.join(work, "onnx")
-        start = time.perf_counter()
-        float_path = cached_export(model, cache)
-        result["export_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        int8_path = cached_quantized_export(model, cache, calibration_paths, log=lambda m: None)
-        result["quantize_s"] = time.perf_counter() - start
         detectors = {"float32": OnnxRuntimeSSD(model, float_path), "int8": OnnxRuntimeSSD(model, int8_path)}
 
         # Accuracy on the fitted images.
@@ -294,7 +308,6 @@ def bench_int8(args):
                                                                       speed_paths, work, repeats, before=True)}
         result["profile_ms"].update({name: profile_stages(model, d, names, speed_paths, work, repeats)
                                      for name, d in detectors.items()})
-        result["images"], result["calibration_images"] = n, len(calibration_paths)
     return result
 
 

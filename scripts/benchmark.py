@@ -41,6 +41,10 @@ int8: static int8 quantization (ONNX Runtime) against float32 and torchvision on
 images: accuracy (AP, AP50, detections matched), network and end-to-end seconds per image, and where each
 millisecond of infer.sh's per-image work goes (scripts/bench_int8.py says more).
 
+precision: accuracy, not speed, of each runtime and precision (ONNX Runtime float32 and int8, OpenVINO float32,
+bfloat16 and int8; bfloat16 emulated where the CPU lacks it) against ONNX Runtime float32, on the int8 section's
+fitted SSD300: AP, AP50 and float32's detections twinned (scripts/bench_precision.py says more).
+
 onnx: end-to-end inference per image (JPEG decode and conversion included) with the end-to-end ONNX file of
 ``scripts/export_onnx.py`` (resize, network, decoding, NMS and top 200 all in ONNX Runtime, uint8 images in) against
 ``infer.sh --backend onnxruntime``'s path (the network-only export; resize and post-processing by the model's code),
@@ -535,7 +539,8 @@ def bench_graph_step(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sections = ["train", "data", "infer", "eval", "coretype", "video", "graph", "int8", "onnx", "finetune"]
+    sections = ["train", "data", "infer", "eval", "coretype", "video", "graph", "int8", "precision", "onnx",
+                "finetune"]
     parser.add_argument("--sections", nargs="+", choices=sections, default=sections,
                         help="what to measure (default: all)")
     parser.add_argument("--batch-size", type=int, default=4, help="train: images per training step (default 4)")
@@ -549,8 +554,8 @@ def main():
     parser.add_argument("--eval-images", type=int, default=5000,
                         help="eval: images, 100 detections each (default 5000: COCO val's size)")
     parser.add_argument("--int8-images", type=int, default=16,
-                        help="int8: sample images the model is fitted to and evaluated on (default 16)")
-    parser.add_argument("--int8-steps", type=int, default=300, help="int8: fitting steps (default 300)")
+                        help="int8, precision: sample images the model is fitted to and evaluated on (default 16)")
+    parser.add_argument("--int8-steps", type=int, default=300, help="int8, precision: fitting steps (default 300)")
     parser.add_argument("--int8-speed-images", type=int, default=8,
                         help="int8: images per timed end-to-end pass (default 8)")
     parser.add_argument("--torchvision-python",
@@ -618,6 +623,11 @@ def main():
 
         results["int8"] = bench_int8(args)
         print_int8(results["int8"])
+    if "precision" in args.sections:
+        from bench_precision import bench_precision, print_precision  # scripts/bench_precision.py
+
+        results["precision"] = bench_precision(args)
+        print_precision(results["precision"])
     if "onnx" in args.sections:
         ox = results["onnx_end_to_end"] = bench_onnx(args)
         print_table("ONNX end to end (s/img)", {k: v for k, v in ox.items() if k != "end_to_end_export_s"}, ".3f",

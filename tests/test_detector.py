@@ -143,10 +143,12 @@ def test_weights_that_are_not_ssd300_vgg16_and_bad_settings_are_value_errors(pic
         (dict(source=str(tmp_path / "missing")), f"source {tmp_path / 'missing'}: no such file or directory"),
         (dict(source="s3://bucket/w.tar.gz"), "source s3://bucket/w.tar.gz: no such file or directory (URLs must be "
                                               "http://, https:// or file://)"),
-        (dict(backend="tensorrt"), "backend 'tensorrt': expected one of auto, oneflow, onnxruntime"),
-        (dict(precision="float16"), "precision 'float16': expected one of float32, int8"),
-        (dict(precision="int8", backend="oneflow"), "precision int8 runs on ONNX Runtime: use backend onnxruntime "
-                                                    "(or leave backend out)"),
+        (dict(backend="tensorrt"), "backend 'tensorrt': expected one of auto, oneflow, onnxruntime, openvino"),
+        (dict(precision="float16"), "precision 'float16': expected one of float32, bfloat16, int8"),
+        (dict(precision="int8", backend="oneflow"), "precision int8 runs on ONNX Runtime or OpenVINO: use backend "
+                                                    "onnxruntime or openvino (or leave backend out)"),
+        (dict(precision="bfloat16", backend="onnxruntime"), "precision bfloat16 runs on OpenVINO: use backend "
+                                                            "openvino (or leave backend out)"),
         (dict(score_threshold=1.5), "score_threshold must be between 0 and 1, got 1.5"),
     ]:
         with pytest.raises(ValueError) as e:

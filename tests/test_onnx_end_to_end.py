@@ -45,6 +45,24 @@ def session(path):
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
+def runner(runtime, path):
+    """A function running the end-to-end file ``path`` with ``runtime`` (``"onnxruntime"``, or ``"openvino"`` in
+    float32 with ONNX's TopK order, see :func:`read_onnx`): a uint8 batch in, the four outputs out."""
+    if runtime == "onnxruntime":
+        sess = session(path)
+        return lambda batch: sess.run(None, {"images": batch})
+    from cv.detection.deploy.openvino_backend import read_onnx, require_openvino
+
+    core = require_openvino().Core()
+    compiled = core.compile_model(read_onnx(core, path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def run(batch):
+        out = compiled(batch)
+        return [out[o] for o in compiled.outputs]
+
+    return run
+
+
 def reference(model, images):
     """``model``'s detections for a uint8 ``[N, 3, H, W]`` batch, as numpy (boxes, scores, labels) per image."""
     with flow.no_grad():
@@ -56,13 +74,14 @@ def images(seed, n, height, width):
     return np.random.default_rng(seed).integers(0, 256, (n, 3, height, width), dtype=np.uint8)
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("height,width", [(50, 90), (130, 97)])  # enlarged and shrunk to 64x64
-def test_same_detections_as_the_model(tiny_export, height, width):
+def test_same_detections_as_the_model(tiny_export, height, width, runtime):
     """Three images of one size in one run: per image the model's detections, in its order, boxes in input pixels
-    to 1e-3 px, scores to 1e-5; padding after the count."""
+    to 1e-3 px, scores to 1e-5; padding after the count. The same in ONNX Runtime and in OpenVINO."""
     model, path = tiny_export
     batch = images(height, 3, height, width)
-    boxes, scores, labels, count = session(path).run(None, {"images": batch})
+    boxes, scores, labels, count = runner(runtime, path)(batch)
     assert boxes.shape == (3, 200, 4) and scores.shape == labels.shape == (3, 200) and count.shape == (3,)
     for i, (b, s, lab) in enumerate(reference(model, batch)):
         n = int(count[i])
@@ -105,12 +124,14 @@ def constant_network(logits, codes, size):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
 
 
-def test_equal_scores_ordered_as_ours(tmp_path):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_equal_scores_ordered_as_ours(tmp_path, runtime):
     """Every other default box with one and the same row of logits (so exactly equal scores within each class, and
     classes 1 and 2 tied with each other), overlapping boxes: the graph's NMS and top 200 keep and order them as
     :meth:`SSD.postprocess_detections` does (within a class the lower default box first, across classes the lower
-    rank, then the lower label), which ONNX leaves open for NMS."""
-    import onnxruntime as ort
+    rank, then the lower label), which ONNX leaves open for NMS. OpenVINO too, once its TopK keeps ONNX's order of
+    equal values (:func:`read_onnx`; see the next test)."""
+    import onnx
 
     from cv.detection.deploy.onnx_end_to_end import compose
 
@@ -121,9 +142,8 @@ def test_equal_scores_ordered_as_ours(tmp_path):
     logits = rng.normal(0, 1, (len(anchors), len(NAMES))).astype(np.float32)
     logits[::2] = [0.0, 2.0, 2.0, 0.5, -1.0]
     codes = rng.normal(0, 0.2, (len(anchors), 4)).astype(np.float32)
-    proto = compose(model, constant_network(logits, codes, model.size), grid_sizes)
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    boxes, scores, labels, count = sess.run(None, {"images": np.zeros((1, 3, 64, 64), np.uint8)})
+    onnx.save(compose(model, constant_network(logits, codes, model.size), grid_sizes), tmp_path / "ties.onnx")
+    boxes, scores, labels, count = runner(runtime, str(tmp_path / "ties.onnx"))(np.zeros((1, 3, 64, 64), np.uint8))
     with flow.no_grad():
         (ours,) = model.postprocess_detections({"cls_logits": flow.tensor(logits[None]),
                                                 "bbox_regression": flow.tensor(codes[None])}, anchors, [(64, 64)])
@@ -134,14 +154,30 @@ def test_equal_scores_ordered_as_ours(tmp_path):
     np.testing.assert_allclose(scores[0, :n], ours["scores"].numpy(), atol=1e-6)
 
 
+def test_openvino_reads_topk_unstable(tiny_export):
+    """Why :func:`read_onnx` exists: OpenVINO's ONNX reader makes both TopK of the graph unstable (equal values in
+    any order), where ONNX lists them lower index first. When this fails, OpenVINO keeps ONNX's order itself."""
+    from cv.detection.deploy.openvino_backend import read_onnx, require_openvino
+
+    _, path = tiny_export
+    core = require_openvino().Core()
+
+    def stable(model):
+        return [op.get_attributes()["stable"] for op in model.get_ordered_ops() if op.get_type_name() == "TopK"]
+
+    assert stable(core.read_model(path)) == [False, False]
+    assert stable(read_onnx(core, path)) == [True, True]
+
+
 def test_no_detections(tmp_path):
-    """A score threshold nothing passes: count 0, all rows padding (an empty NMS input runs)."""
+    """A score threshold nothing passes: count 0, all rows padding (an empty NMS input runs), in both runtimes."""
     from cv.detection.deploy.onnx_end_to_end import export_end_to_end
 
     model = spread_tiny(score_thresh=0.9999)
     path = export_end_to_end(model, str(tmp_path / "none.onnx"), NAMES)
-    boxes, scores, labels, count = session(path).run(None, {"images": images(2, 2, 64, 64)})
-    assert count.tolist() == [0, 0] and not boxes.any() and not scores.any() and not labels.any()
+    for runtime in ("onnxruntime", "openvino"):
+        boxes, scores, labels, count = runner(runtime, path)(images(2, 2, 64, 64))
+        assert count.tolist() == [0, 0] and not boxes.any() and not scores.any() and not labels.any(), runtime
 
 
 def test_graph_and_metadata(tiny_export, tmp_path):
@@ -291,16 +327,17 @@ def iou(a, b):
     return inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
 
 
-def assert_same_detections(expected, got, threshold, where):
+def assert_same_detections(expected, got, threshold, where, score_tolerance=1e-4):
     """Same number above ``threshold``; each expected detection matched one to one by a detection of the same label
-    with IoU >= 0.99 and a score within 1e-4. Matching, not order: equal scores may be listed either way."""
+    with IoU >= 0.99 and a score within ``score_tolerance``. Matching, not order: equal scores may be listed either
+    way."""
     got = [d for d in got if d[1] >= threshold]
     assert len(got) == len(expected), f"{where}: {len(got)} detections, expected {len(expected)}"
     free = list(range(len(got)))
     for box, score, label in expected:
         best = max(free, key=lambda k: (got[k][2] == label, iou(np.array(box), np.array(got[k][0]))))
         assert got[best][2] == label and iou(np.array(box), np.array(got[best][0])) >= 0.99, (where, box, got[best])
-        assert abs(got[best][1] - score) <= 1e-4, (where, score, got[best])
+        assert abs(got[best][1] - score) <= score_tolerance, (where, score, got[best])
         free.remove(best)
 
 
@@ -328,7 +365,8 @@ def fitted_weights(tmp_path_factory):
 @pytest.mark.slow
 def test_standalone_onnx_matches_infer(fitted_weights, tmp_path):
     """The exported file in a Python with only onnxruntime, numpy and PIL, on the val images at two sizes (enlarged
-    and shrunk), each alone and four in one run, gives infer.sh --backend oneflow's detections scoring >= 0.3."""
+    and shrunk), each alone and four in one run, gives infer.sh --backend oneflow's detections scoring >= 0.3; so
+    does OpenVINO (float32, here) on the same file."""
     from PIL import Image
 
     weights, val = fitted_weights
@@ -354,6 +392,12 @@ def test_standalone_onnx_matches_infer(fitted_weights, tmp_path):
                           capture_output=True, text=True, timeout=600, env={"PATH": os.environ.get("PATH", "")})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
+    openvino = runner("openvino", str(onnx_path))
+    for paths in groups:
+        b, s, lab, n = openvino(np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for p in paths]))
+        for i, p in enumerate(paths):
+            result.setdefault("openvino", {})[p] = [[b[i][k].tolist(), float(s[i][k]), int(lab[i][k])]
+                                                    for k in range(n[i])]
     total = 0
     for path in [p for group in groups for p in group]:
         record = json.loads((tmp_path / "infer" / (os.path.splitext(os.path.basename(path))[0] + ".json")).read_text())
@@ -361,5 +405,8 @@ def test_standalone_onnx_matches_infer(fitted_weights, tmp_path):
         assert [result["names"][label] for _, _, label in expected] == [d["name"] for d in record["detections"]]
         for mode in ("alone", "batch"):
             assert_same_detections(expected, result[mode][path], 0.3, f"{path} ({mode})")
+        # OpenVINO's float32 network rounds otherwise than ONNX Runtime's and OneFlow's, which agree to the JSON's
+        # 1e-4: its scores were measured up to 1.2e-4 from ONNX Runtime's on this model, boxes within 1e-3 px.
+        assert_same_detections(expected, result["openvino"][path], 0.3, f"{path} (openvino)", score_tolerance=3e-4)
         total += len(expected)
     assert total >= 8, f"only {total} detections scoring >= 0.3 to compare"

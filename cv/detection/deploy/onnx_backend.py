@@ -3,7 +3,8 @@
 The network (VGG16 trunk and the two heads: all the convolutions, 99.9% of the arithmetic) is exported to ONNX with
 ``oneflow-onnx`` and run by ONNX Runtime, whose CPU kernels use the whole vector width of the machine. Resizing,
 normalisation, default boxes, box decoding, NMS and mapping boxes back to each image stay in the :class:`SSD`
-module, so both backends share that code and give the same detections up to float rounding in the network.
+module (:class:`ExportedNetworkSSD`, which the OpenVINO backend shares), so all backends share that code and give
+the same detections up to float rounding in the network.
 
 An exported network is cached by the fingerprint of its weights and its batch size, next to a small JSON file
 describing it, so ``infer.sh --backend onnxruntime`` exports once per checkpoint.
@@ -99,35 +100,32 @@ def cached_export(model, cache_dir, batch_size=1):
     return path
 
 
-class OnnxRuntimeSSD:
-    """``model``'s inference with the network run by ONNX Runtime: call it like ``model`` in eval mode
-    (``detector(images) -> [{"boxes", "scores", "labels"}]``).
+class ExportedNetworkSSD:
+    """``model``'s inference with its network run from a file of :func:`export` (or its int8 quantization) by
+    another runtime: call it like ``model`` in eval mode (``detector(images) -> [{"boxes", "scores", "labels"}]``).
+    Pre- and post-processing are ``model``'s own; a subclass runs the network on one batch (:meth:`run_batch`).
 
     Args:
         model: the :class:`SSD` whose pre- and post-processing (and settings) are used.
-        onnx_path: its network exported by :func:`export` (with the JSON beside it).
-        threads: ONNX Runtime's intra-op threads (default: its own choice, the physical cores).
+        onnx_path: its network exported by :func:`export` (with the JSON beside it). ValueError if that was
+            exported for another number of classes or input size.
     """
 
-    def __init__(self, model, onnx_path, threads=None):
-        import onnxruntime as ort
-
+    def __init__(self, model, onnx_path):
         with open(onnx_path + ".json") as f:
-            info = json.load(f)
-        if info["num_classes"] != model.num_classes or tuple(info["size"]) != tuple(model.size):
-            raise ValueError(f"{onnx_path} was exported for {info['num_classes']} classes at {info['size']}, not "
-                             f"for this model ({model.num_classes} classes at {list(model.size)})")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        # ONNX Runtime's worker threads otherwise spin for a while after each run, taking the cores the
-        # post-processing that follows (OneFlow and NumPy) needs, which slows every image down (docs/performance.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.batch_size = info["batch_size"]
-        self.grid_sizes = [tuple(g) for g in info["grid_sizes"]]
+            self.info = json.load(f)
+        if self.info["num_classes"] != model.num_classes or tuple(self.info["size"]) != tuple(model.size):
+            raise ValueError(f"{onnx_path} was exported for {self.info['num_classes']} classes at "
+                             f"{self.info['size']}, not for this model ({model.num_classes} classes at "
+                             f"{list(model.size)})")
+        self.precision = self.info.get("precision", "float32")  # what the network runs in
+        self.batch_size = self.info["batch_size"]
+        self.grid_sizes = [tuple(g) for g in self.info["grid_sizes"]]
         self.model = model.eval()
+
+    def run_batch(self, x):
+        """``(cls_logits, bbox_regression)`` as NumPy arrays for a contiguous float32 batch of ``batch_size``."""
+        raise NotImplementedError
 
     def network(self, x):
         """Head outputs for a normalised batch ``x`` (numpy ``[N, 3, H, W]``), run ``batch_size`` at a time (the
@@ -138,7 +136,7 @@ class OnnxRuntimeSSD:
             chunk = x[start:start + b]
             if len(chunk) < b:
                 chunk = np.concatenate([chunk, np.zeros((b - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-            c, r = self.session.run(None, {self.input_name: np.ascontiguousarray(chunk)})
+            c, r = self.run_batch(np.ascontiguousarray(chunk))
             cls.append(c)
             reg.append(r)
         return {"cls_logits": flow.tensor(np.concatenate(cls)[:n]),
@@ -153,3 +151,28 @@ class OnnxRuntimeSSD:
         x = self.model.preprocess(images)
         head_outputs = self.network(x.numpy())
         return self.model.detect(head_outputs, self.grid_sizes, [tuple(img.shape[-2:]) for img in images])
+
+
+class OnnxRuntimeSSD(ExportedNetworkSSD):
+    """:class:`ExportedNetworkSSD` with the network run by ONNX Runtime (CPU).
+
+    Args:
+        model, onnx_path: as :class:`ExportedNetworkSSD`.
+        threads: ONNX Runtime's intra-op threads (default: its own choice, the physical cores).
+    """
+
+    def __init__(self, model, onnx_path, threads=None):
+        import onnxruntime as ort
+
+        super().__init__(model, onnx_path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        # ONNX Runtime's worker threads otherwise spin for a while after each run, taking the cores the
+        # post-processing that follows (OneFlow and NumPy) needs, which slows every image down (docs/performance.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run_batch(self, x):
+        return self.session.run(None, {self.input_name: x})

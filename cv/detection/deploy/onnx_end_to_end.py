@@ -3,8 +3,9 @@
 The network (trunk and heads) is exported by our converter (:func:`cv.detection.deploy.onnx_backend.export`, opset
 12, for ``model.size``), its batch dimension made dynamic, and the pre- and post-processing of :class:`SSD` are
 composed around it with ``onnx.helper`` into one graph (opset 12: dynamic ``Resize`` and ``NonMaxSuppression`` need
-11). Any ONNX runtime with those operators runs the file; only ONNX Runtime (CPU) is checked here, not OpenVINO
-(which reads ONNX directly) nor any other.
+11). Any ONNX runtime with those operators runs the file; ONNX Runtime and OpenVINO (CPU) are checked here.
+OpenVINO 2026.4.1 reads ONNX's ``TopK`` as unstable, so the order of equal scores needs
+:func:`cv.detection.deploy.openvino_backend.read_onnx` (or its loop, shown in docs/deploy.md) to be ONNX's.
 
 Contract of the exported model
 ------------------------------

@@ -6,10 +6,10 @@
     print(result)                        # e.g. "2 detections (person 0.87, car 0.41)"
     result.draw().save("street_boxes.jpg")
 
-:class:`Detector` loads weights as ``infer.sh`` does (the same function), runs the network with OneFlow or ONNX
-Runtime (float32 or int8), and returns a :class:`Detections` per image: boxes in that image's pixels, scores, label
-ids and names, and ``to_json()`` / ``draw()`` giving exactly the record and the picture ``infer.sh`` writes
-(``infer.sh`` runs its images and video frames through this class).
+:class:`Detector` loads weights as ``infer.sh`` does (the same function), runs the network with OneFlow, ONNX
+Runtime (float32 or int8) or OpenVINO (float32, bfloat16 or int8), and returns a :class:`Detections` per image:
+boxes in that image's pixels, scores, label ids and names, and ``to_json()`` / ``draw()`` giving exactly the record
+and the picture ``infer.sh`` writes (``infer.sh`` runs its images and video frames through this class).
 
 Arrays are RGB. A frame from OpenCV (``cv2.imread``, ``VideoCapture.read``) is BGR: pass ``frame[..., ::-1]`` (a
 view, no copy); there is no ``bgr`` flag, so an array always means one thing.
@@ -28,8 +28,8 @@ from cv.detection.ssd300_vgg16.weights import from_state_dict, label_names, load
 from cv.detection.utils import hub, pipeline
 
 EXIF_ORIENTATION = 0x0112
-BACKENDS = ("auto", "oneflow", "onnxruntime")
-PRECISIONS = ("float32", "int8")
+BACKENDS = ("auto", "oneflow", "onnxruntime", "openvino")
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 # --- weights --------------------------------------------------------------------------------------------------
@@ -51,29 +51,40 @@ def load_model(source, sha256=None, device="cpu"):
 
 
 def choose_backend(backend, precision, device, prefix=""):
-    """The backend that runs the network: ``backend``, or for ``"auto"`` (or None) ONNX Runtime on the CPU or for
-    int8 (the fastest whose detections are proven equal to OneFlow's; int8's are not, README "Speed"), OneFlow on a
-    GPU. ValueError for combinations that cannot run, naming the settings (``prefix`` "--": as flags)."""
+    """The backend that runs the network: ``backend``, or for ``"auto"`` (or None) OpenVINO for bfloat16, ONNX Runtime
+    on the CPU or for int8 (the fastest whose detections are proven equal to OneFlow's; int8's are not, README
+    "Speed"), OneFlow on a GPU. ValueError for combinations that cannot run, naming the settings (``prefix`` "--": as
+    flags); :class:`cli.UserError` saying how to install OpenVINO when it is chosen and missing."""
     if backend == "oneflow" and precision == "int8":
-        raise ValueError(f"{prefix}precision int8 runs on ONNX Runtime: use {prefix}backend onnxruntime (or leave "
+        raise ValueError(f"{prefix}precision int8 runs on ONNX Runtime or OpenVINO: use {prefix}backend onnxruntime "
+                         f"or openvino (or leave {prefix}backend out)")
+    if backend in ("oneflow", "onnxruntime") and precision == "bfloat16":
+        raise ValueError(f"{prefix}precision bfloat16 runs on OpenVINO: use {prefix}backend openvino (or leave "
                          f"{prefix}backend out)")
     if backend in (None, "auto"):
-        backend = "onnxruntime" if device.type == "cpu" or precision == "int8" else "oneflow"
-    if backend == "onnxruntime" and device.type != "cpu":
-        raise ValueError(f"{prefix}backend onnxruntime runs on the CPU; drop {prefix}device or use {prefix}backend "
-                         "oneflow")
+        if precision == "bfloat16":
+            backend = "openvino"
+        else:
+            backend = "onnxruntime" if device.type == "cpu" or precision == "int8" else "oneflow"
+    if backend in ("onnxruntime", "openvino") and device.type != "cpu":
+        raise ValueError(f"{prefix}backend {backend} runs on the CPU; drop {prefix}device"
+                         + (f" or use {prefix}backend oneflow" if precision == "float32" else ""))
+    if backend == "openvino":
+        from cv.detection.deploy.openvino_backend import require_openvino
+
+        require_openvino()
     return backend
 
 
-def onnxruntime_detector(model, precision="float32", calibration_data=None, calibration_images=16):
-    """``model`` with its network run by ONNX Runtime: the float32 export, or for ``int8`` its quantization
-    calibrated on ``calibration_images`` images of ``calibration_data`` (a COCO-format root or a folder of images;
-    default the sample dataset), each made once and cached in ``$FLOWVISION_CACHE/onnx``."""
-    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
+def exported_network(model, precision="float32", calibration_data=None, calibration_images=16):
+    """The ONNX file of ``model``'s network for ``precision``: its float32 export (float32 and bfloat16), or for
+    ``int8`` its quantization calibrated on ``calibration_images`` images of ``calibration_data`` (a COCO-format root
+    or a folder of images; default the sample dataset), each made once and cached in ``$FLOWVISION_CACHE/onnx``."""
+    from cv.detection.deploy.onnx_backend import cached_export
 
     cache = os.path.join(hub.cache_dir(), "onnx")
-    if precision == "float32":
-        return OnnxRuntimeSSD(model, cached_export(model, cache))
+    if precision != "int8":
+        return cached_export(model, cache)
     from cv.detection.deploy.quantize import cached_quantized_export, calibration_images as pick_images
     from cv.detection.ssd300_vgg16 import SAMPLE_DATA
 
@@ -86,8 +97,23 @@ def onnxruntime_detector(model, precision="float32", calibration_data=None, cali
         source = SAMPLE_DATA
         print(f"calibration images: the sample dataset's ({SAMPLE_DATA}); for a model trained on other data, give "
               "--calibration-data with images of that data", flush=True)
-    return OnnxRuntimeSSD(model, cached_quantized_export(model, cache, pick_images(source, calibration_images),
-                                                         log=lambda m: print(m, flush=True)))
+    return cached_quantized_export(model, cache, pick_images(source, calibration_images),
+                                   log=lambda m: print(m, flush=True))
+
+
+def exported_detector(model, backend="onnxruntime", precision="float32", calibration_data=None,
+                      calibration_images=16):
+    """``model`` with its network (:func:`exported_network`) run by ``backend``: ``"onnxruntime"`` (float32, int8)
+    or ``"openvino"`` (float32, bfloat16, int8). Its ``precision`` attribute is what runs (OpenVINO runs float32 for
+    bfloat16 on a CPU without it, saying so)."""
+    path = exported_network(model, precision, calibration_data, calibration_images)
+    if backend == "openvino":
+        from cv.detection.deploy.openvino_backend import OpenVinoSSD
+
+        return OpenVinoSSD(model, path, precision, log=lambda m: print(m, flush=True))
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
+
+    return OnnxRuntimeSSD(model, path)
 
 
 # --- images in ------------------------------------------------------------------------------------------------
@@ -272,8 +298,8 @@ class Detector:
     on an image path, a PIL image, an ``HxWx3`` uint8 RGB NumPy array, or a list of them.
 
     Args:
-        network: the model in eval mode, or a stand-in called like it (``OnnxRuntimeSSD``): a list of ``[3, H, W]``
-            float 0-1 tensors -> ``[{"boxes", "scores", "labels"}]``, boxes in each tensor's pixels.
+        network: the model in eval mode, or a stand-in called like it (``OnnxRuntimeSSD``, ``OpenVinoSSD``): a list
+            of ``[3, H, W]`` float 0-1 tensors -> ``[{"boxes", "scores", "labels"}]``, boxes in each tensor's pixels.
         names: names by label id (:func:`label_names`).
         score_threshold: detections scoring below it are not reported (0-1).
         device: where input tensors go (the network's device).
@@ -293,11 +319,14 @@ class Detector:
         cache; ``$SSD300_VGG16_URL`` overrides the address), a checkpoint directory of ``train.sh``, an extracted
         zoo directory, or a zoo tarball (path or http(s)/file URL). Nothing in the weights is run.
 
-        ``backend``: ``"auto"`` (ONNX Runtime on the CPU, OneFlow on a GPU), ``"oneflow"`` or ``"onnxruntime"``
-        (exported once per weights, cached in ``$FLOWVISION_CACHE/onnx``). ``precision``: ``"float32"`` or
-        ``"int8"`` (ONNX Runtime, activations calibrated on ``calibration_data``: images like the model's training
-        data, default the sample dataset). ``device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (default: cuda if
-        available). ValueError naming the setting or the source when one is wrong."""
+        ``backend``: ``"auto"`` (ONNX Runtime on the CPU, OneFlow on a GPU, OpenVINO for bfloat16), ``"oneflow"``,
+        ``"onnxruntime"`` or ``"openvino"`` (both CPU only, the network exported once per weights, cached in
+        ``$FLOWVISION_CACHE/onnx``). ``precision``: ``"float32"``, ``"bfloat16"`` (OpenVINO; float32, with a
+        message, on a CPU without BF16) or ``"int8"`` (ONNX Runtime or OpenVINO, activations calibrated on
+        ``calibration_data``: images like the model's training data, default the sample dataset); ``precision`` of
+        the result is what runs. ``device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (default: cuda if available).
+        ValueError naming the setting or the source when one is wrong; :class:`cli.UserError` if OpenVINO is
+        chosen and not installed."""
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
@@ -313,12 +342,12 @@ class Detector:
             model, names, _ = load_model(source, device=device)
         except FileNotFoundError as e:  # a directory or file that is not weights at all
             raise ValueError(f"source {source}: not SSD300-VGG16 weights ({e})") from None
-        network = model if backend == "oneflow" else onnxruntime_detector(model, precision, calibration_data)
-        return cls(network, names, score_threshold, device, backend, precision)
+        network = model if backend == "oneflow" else exported_detector(model, backend, precision, calibration_data)
+        return cls(network, names, score_threshold, device, backend, getattr(network, "precision", precision))
 
     @property
     def model(self):
-        """The OneFlow SSD module (which, with ONNX Runtime, only pre- and post-processes)."""
+        """The OneFlow SSD module (which, with ONNX Runtime or OpenVINO, only pre- and post-processes)."""
         return getattr(self.network, "model", self.network)
 
     def __call__(self, images, batch_size=4):

@@ -29,7 +29,7 @@ from cv.detection.data.base import make_loader
 from cv.detection.engine.trainer import evaluate
 from cv.detection.ssd300_vgg16 import OUTPUT_DIR, SAMPLE_DATA
 from cv.detection.ssd300_vgg16.detector import (Detections, Detector, check_source, choose_backend, draw_detections,
-                                                load_model, onnxruntime_detector)
+                                                exported_detector, load_model)
 from cv.detection.ssd300_vgg16.weights import MAX_WEIGHTS_MB_ENV, PRETRAINED_URL_ENV, weights_url
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -73,15 +73,17 @@ def get_args_parser():
                         "model's 0.01, as AP needs the low-score tail)")
     o.add_argument("--output-dir", default=INFER_OUTPUT, help=f"default {INFER_OUTPUT}")
     o.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    o.add_argument("--backend", choices=["oneflow", "onnxruntime"],
+    o.add_argument("--backend", choices=["oneflow", "onnxruntime", "openvino"],
                    help="run the network with OneFlow, or export it to ONNX once (cached per weights in "
                         "$FLOWVISION_CACHE/onnx) and run it with ONNX Runtime (same detections, tested; faster on "
-                        "CPU, see docs/performance.md). Default: onnxruntime on the CPU, oneflow on a GPU")
-    o.add_argument("--precision", choices=["float32", "int8"], default="float32",
-                   help="int8: ONNX Runtime runs the network quantized to 8 bits (weights per channel, activations "
-                        "calibrated on --calibration-data; quantized once per weights and calibration images, "
-                        "cached beside the export), faster than float32 on CPU (docs/performance.md); post-processing "
-                        "stays float32 (default float32)")
+                        "CPU, see docs/performance.md) or OpenVINO (CPU; needs pip install openvino). Default: "
+                        "onnxruntime on the CPU, oneflow on a GPU, openvino for --precision bfloat16")
+    o.add_argument("--precision", choices=["float32", "bfloat16", "int8"], default="float32",
+                   help="int8: ONNX Runtime or OpenVINO runs the network quantized to 8 bits (weights per channel, "
+                        "activations calibrated on --calibration-data; quantized once per weights and calibration "
+                        "images, cached beside the export), faster than float32 on CPU (docs/performance.md). "
+                        "bfloat16: OpenVINO on a CPU with BF16 instructions (AVX-512 BF16, AMX; float32 elsewhere, "
+                        "saying so). Post-processing stays float32 (default float32)")
     o.add_argument("--calibration-data", metavar="DIR",
                    help="--precision int8: images of the model's training data to calibrate the activation ranges "
                         "on: a COCO-format dataset root (its train2017/) or a folder of images (default: the "
@@ -258,22 +260,24 @@ def evaluate_split(detector, names, meta, args, device):
 def main(args):
     device = flow.device(args.device or ("cuda" if flow.cuda.is_available() else "cpu"))
     args.backend = choose_backend(args.backend, args.precision, device, prefix="--")
-    if args.precision == "float32" and args.calibration_data:
+    if args.precision != "int8" and args.calibration_data:
         raise ValueError("--calibration-data is for --precision int8")
     cli.writable_dir(args.output_dir, "--output-dir")
     source, description = weights_source(args)
     videos = check_videos(args) if args.video or args.camera is not None else None
     model, names, meta = load_model(source, args.sha256, device)
     detector = model
-    if args.backend == "onnxruntime":
-        detector = onnxruntime_detector(model, args.precision, args.calibration_data, args.calibration_images)
-    precision = " (int8)" if args.precision == "int8" else ""
-    print(f"weights: {description}; {len(names) - 1} classes; backend {args.backend}{precision}, device {device}",
+    if args.backend != "oneflow":
+        detector = exported_detector(model, args.backend, args.precision, args.calibration_data,
+                                     args.calibration_images)
+    precision = getattr(detector, "precision", "float32")  # OpenVINO runs float32 for bfloat16 on a CPU without it
+    shown = "" if precision == "float32" else f" ({precision})"
+    print(f"weights: {description}; {len(names) - 1} classes; backend {args.backend}{shown}, device {device}",
           flush=True)
 
     if args.eval:
         return evaluate_split(detector, names, meta, args, device)
-    detector = Detector(detector, names, args.score_threshold, device, args.backend, args.precision)
+    detector = Detector(detector, names, args.score_threshold, device, args.backend, precision)
     if videos is not None:
         return run_on_videos(detector, videos, args)
     if args.images is None:
