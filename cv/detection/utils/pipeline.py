@@ -10,6 +10,9 @@ without a process per item:
 - :class:`Behind` runs calls in one background thread, in the order they were submitted, a bounded number behind
   the submitter (drawing and writing the last results while the network runs).
 
+What this gains is the time a core would otherwise wait: where the network already keeps every core busy (ONNX
+Runtime on a small, loaded CPU), the threads only share the cores with it.
+
 Both keep the order, hold at most ``depth`` items (memory stays bounded), and re-raise a background exception in
 the consumer's thread: the same exception object, so that it ends a program with the same one line as if the work
 had been done in line. Leaving either (its ``with`` block, or :meth:`Ahead.close`) stops its thread before going on,
