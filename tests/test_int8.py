@@ -182,7 +182,7 @@ class Agreement(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def accuracy(fitted, networks):
+def accuracy(fitted, networks, reference):
     """``{"fitted": Agreement, "held-out": Agreement}``."""
     from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
     from cv.detection.deploy.quantize import match_rate
@@ -192,10 +192,10 @@ def accuracy(fitted, networks):
     result = {}
     for name, images in (("fitted", dataset), ("held-out", held_out)):
         paths = [image[1] for image in images.images]
-        reference = detect_all(OnnxRuntimeSSD(model, float_path), paths)
+        float32 = reference if name == "fitted" else detect_all(OnnxRuntimeSSD(model, float_path), paths)
         quantized = detect_all(OnnxRuntimeSSD(model, int8_path), paths)
-        result[name] = Agreement(coco_stats(images, reference), coco_stats(images, quantized),
-                                 *match_rate(reference, quantized))
+        result[name] = Agreement(coco_stats(images, float32), coco_stats(images, quantized),
+                                 *match_rate(float32, quantized))
     return result
 
 
