@@ -203,22 +203,35 @@ def profile_stages(model, detector, names, paths, out_dir, repeats, before=False
 def fitted_networks(args, work, result):
     """The section's subject, made in ``work``: ``(model, dataset, float32 ONNX path, int8 ONNX path)``, the model
     fitted to --int8-images sample images (``dataset``), its int8 network calibrated on 16 other training images.
-    Records the one-off seconds (fit, export, quantization) and the image counts in ``result``."""
+    With --fitted, the fitted model and its data are kept there and read back by later runs. Records the one-off
+    seconds (fit or read, export, quantization) and the image counts in ``result``."""
     from fitting import fitted_ssd300
+    from cv.detection.data.coco import CocoDetection
     from cv.detection.deploy.onnx_backend import cached_export
+    from cv.detection.ssd300_vgg16 import ssd300_vgg16
     from cv.detection.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, cached_quantized_export
     from cv.detection.data.sample import make_sample_dataset
 
-    root = os.path.join(work, "data")
     n, calibration = args.int8_images, DEFAULT_CALIBRATION_IMAGES
-    make_sample_dataset(root, seed=0, num_train=n + calibration, num_val=1)
+    kept = args.fitted and os.path.join(args.fitted, f"ssd300-{n}-images-{args.int8_steps}-steps")
+    root = os.path.join(kept or work, "data")
     start = time.perf_counter()
+    if kept and os.path.exists(os.path.join(kept, "weights")):
+        dataset = CocoDetection(root, "train", max_images=n)
+        model = ssd300_vgg16(num_classes=dataset.num_classes).eval()
+        model.load_state_dict(flow.load(os.path.join(kept, "weights")))
+        print(f"  fitted model read from {kept}", flush=True)
+    else:
+        make_sample_dataset(root, seed=0, num_train=n + calibration, num_val=1)
 
-    def log(step, losses, seconds):
-        print(f"  fitting: step {step}, {seconds:.0f} s, " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()),
-              flush=True)
+        def log(step, losses, seconds):
+            print(f"  fitting: step {step}, {seconds:.0f} s, " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()),
+                  flush=True)
 
-    model, dataset = fitted_ssd300(root, n, steps=args.int8_steps, log=log)
+        model, dataset = fitted_ssd300(root, n, steps=args.int8_steps, log=log)
+        if kept:  # saved aside and renamed, so that an interrupted run leaves no half-written weights to read
+            flow.save(model.state_dict(), os.path.join(kept, "weights.partial"))
+            os.replace(os.path.join(kept, "weights.partial"), os.path.join(kept, "weights"))
     result["fit_s"] = time.perf_counter() - start
     paths = [record.path for record in dataset.images]
     all_train = sorted(glob.glob(os.path.join(root, "train2017", "*.jpg")))

@@ -34,12 +34,19 @@ its targets padded to the batch's most boxes (as train.sh pads them to the datas
 eager) and to 100 (what COCO needs); also each graph's one-off compilation (its first step). On CPU this shows the
 graph's overhead or gain there; the speed-up on GPUs is OneFlow's documented behaviour, not measured here.
 
+cli: ``infer.sh --images`` as a user runs it, seconds per extra image, with each backend and precision and beside
+torchvision (scripts/bench_cli.py says more).
+
 finetune: accuracy, not speed: AP of a detector trained for N steps on a relabelled sample dataset from the weights
 of a detector of other classes (cv.detection.models.transfer) against from scratch (scripts/bench_finetune.py).
 
 int8: static int8 quantization (ONNX Runtime) against float32 and torchvision on an SSD300 fitted to sample
 images: accuracy (AP, AP50, detections matched), network and end-to-end seconds per image, and where each
 millisecond of infer.sh's per-image work goes (scripts/bench_int8.py says more).
+
+calibration: int8 calibration attempts (more images, percentile and entropy ranges, the most sensitive convolutions
+left float32) on the int8 section's fitted SSD300: accuracy against float32 and the network's speed
+(scripts/bench_calibration.py says more).
 
 precision: accuracy, not speed, of each runtime and precision (ONNX Runtime float32 and int8, OpenVINO float32,
 bfloat16 and int8; bfloat16 emulated where the CPU lacks it) against ONNX Runtime float32, on the int8 section's
@@ -539,8 +546,8 @@ def bench_graph_step(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sections = ["train", "data", "infer", "eval", "coretype", "video", "graph", "int8", "precision", "onnx",
-                "finetune"]
+    sections = ["train", "data", "infer", "eval", "coretype", "video", "graph", "int8", "precision", "calibration",
+                "onnx", "finetune", "cli"]
     parser.add_argument("--sections", nargs="+", choices=sections, default=sections,
                         help="what to measure (default: all)")
     parser.add_argument("--batch-size", type=int, default=4, help="train: images per training step (default 4)")
@@ -556,6 +563,11 @@ def main():
     parser.add_argument("--int8-images", type=int, default=16,
                         help="int8, precision: sample images the model is fitted to and evaluated on (default 16)")
     parser.add_argument("--int8-steps", type=int, default=300, help="int8, precision: fitting steps (default 300)")
+    parser.add_argument("--fitted", metavar="DIR",
+                        help="int8, precision, calibration, cli: keep the fitted model (and its sample data) in DIR "
+                             "and reuse it in later runs (default: fit anew in a temporary directory)")
+    parser.add_argument("--cli-extra-images", type=int, default=10,
+                        help="cli: images added to the 2 of the shorter command (default 10)")
     parser.add_argument("--int8-speed-images", type=int, default=8,
                         help="int8: images per timed end-to-end pass (default 8)")
     parser.add_argument("--torchvision-python",
@@ -628,11 +640,21 @@ def main():
 
         results["precision"] = bench_precision(args)
         print_precision(results["precision"])
+    if "calibration" in args.sections:
+        from bench_calibration import bench_calibration, print_calibration  # scripts/bench_calibration.py
+
+        results["calibration"] = bench_calibration(args)
+        print_calibration(results["calibration"])
     if "onnx" in args.sections:
         ox = results["onnx_end_to_end"] = bench_onnx(args)
         print_table("ONNX end to end (s/img)", {k: v for k, v in ox.items() if k != "end_to_end_export_s"}, ".3f",
                     per_second=1, note="640x480 JPEG files")
         print(f"end-to-end export (once per weights): {ox['end_to_end_export_s']:.0f} s")
+    if "cli" in args.sections:
+        from bench_cli import bench_cli, print_cli  # scripts/bench_cli.py
+
+        results["cli"] = bench_cli(args)
+        print_cli(results["cli"])
     if "finetune" in args.sections:
         from bench_finetune import bench_finetune, print_finetune  # scripts/bench_finetune.py
 
