@@ -25,10 +25,11 @@ pytestmark = pytest.mark.slow
 FITTED_IMAGES = 8
 CALIBRATION_IMAGES = 16
 HELD_OUT_IMAGES = 12
-# What bfloat16 (OpenVINO, on a CPU with BF16) must keep of float32: AP within 1 point and 90% of float32's
-# detections >= 0.3 twinned. Emulated bfloat16 kept AP within 0.1 point and twinned 99% on benchmark.py's fitted
-# model (docs/performance.md); the guard is looser because 8 images give few detections (one miss is 2%).
-BFLOAT16_AP = 0.01
+# What bfloat16 (OpenVINO, on a CPU with BF16) must keep of float32: AP within 2 points and 90% of float32's
+# detections >= 0.3 twinned. A guard, not the bar for a default (docs/performance.md has the measurements): 8 images
+# give few detections, so one miss is 2% of the twins, and a box or two crossing an IoU threshold moves AP by about
+# a point, which real BF16 hardware does on this model.
+BFLOAT16_AP = 0.02
 BFLOAT16_TWINS = 0.90
 
 
