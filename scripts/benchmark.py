@@ -60,9 +60,10 @@ export's one-off time. Random weights (unless --weights) are the worst case for 
 
 video: frames per second of ``infer.sh --video`` end to end (decode, detection, drawing, H.264 encoding, the JSON
 lines) on a 640x480 camera-like clip of --video-frames frames (a pan across a grainy textured scene, H.264), batch 4,
-with each backend (OneFlow eager; ONNX Runtime with the network exported as infer.sh does), alternated; also the
-video work alone (no detector). Drawing has a cost per labelled box: an untrained model draws hundreds per frame
-at infer.sh's threshold 0.3, a trained one a few (--video-score-threshold 0.999 makes random weights draw a few).
+with each backend (OneFlow eager; ONNX Runtime float32 and int8, OpenVINO bfloat16 and int8, with the network
+exported as infer.sh does), alternated; also the video work alone (no detector). Drawing has a cost per labelled
+box: an untrained model draws hundreds per frame at infer.sh's threshold 0.3, a trained one a few
+(--video-score-threshold 0.999 makes random weights draw a few).
 """
 import argparse
 import glob
@@ -327,14 +328,18 @@ def write_pan_video(path, frames, width=640, height=480, rate=25, seed=0):
             out.mux(packet)
 
 
+# The exported contenders of the video section (backend, precision), beside OneFlow eager; int8 is calibrated on the
+# sample dataset, as infer.sh does by default.
+VIDEO_EXPORTED = [("onnxruntime", "float32"), ("openvino", "bfloat16"), ("onnxruntime", "int8"), ("openvino", "int8")]
+
+
 def bench_video(args):
     import tempfile
 
-    from cv.detection.utils import hub
     from cv.detection.deploy import video
-    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
     from cv.detection.ssd300_vgg16 import ssd300_vgg16
-    from cv.detection.ssd300_vgg16.detector import Detector, draw_detections, label_names, load_model
+    from cv.detection.ssd300_vgg16.detector import (Detector, draw_detections, exported_detector, label_names,
+                                                    load_model)
     from cv.detection.ssd300_vgg16.infer import frame_functions
 
     flow.manual_seed(0)
@@ -343,8 +348,10 @@ def bench_video(args):
     else:
         model = ssd300_vgg16().eval()
         names = label_names(model.num_classes, None)
-    detectors = {"oneflow eager": model,
-                 "onnxruntime": OnnxRuntimeSSD(model, cached_export(model, os.path.join(hub.cache_dir(), "onnx")))}
+    detectors = {"oneflow eager": model}
+    for backend, precision in VIDEO_EXPORTED:
+        detector = exported_detector(model, backend, precision)
+        detectors[f"{backend} {detector.precision}"] = detector
     with tempfile.TemporaryDirectory() as root:
         clip = os.path.join(root, "pan.mp4")
         write_pan_video(clip, args.video_frames)
@@ -360,7 +367,7 @@ def bench_video(args):
                       for name, d in detectors.items()}
         contenders["video work alone (no detector)"] = end_to_end(lambda frames: [None] * len(frames), lambda _: [])
         times = time_alternating(contenders, args.repeats)
-        contenders["onnxruntime"]()
+        contenders["onnxruntime float32"]()
         with open(os.path.join(root, "out.jsonl")) as f:  # drawing has a cost per labelled box (module docstring)
             boxes = [len(json.loads(line)["detections"]) for line in f]
     result = {name: summarize([args.video_frames / t for t in ts]) for name, ts in times.items()}
