@@ -38,8 +38,9 @@ class InferCommand:
     """``infer.sh`` with one backend and precision on the fitted model's weights, timed as a whole command."""
 
     def __init__(self, backend, precision, weights, calibration, work):
-        self.args = ["bash", INFER_SH, "--weights", weights, "--backend", backend, "--precision", precision,
-                     "--calibration-data", calibration]
+        self.args = ["bash", INFER_SH, "--weights", weights, "--backend", backend, "--precision", precision]
+        if precision == "int8":
+            self.args += ["--calibration-data", calibration]
         self.work = work
         self.env = {**os.environ, "FLOWVISION_CACHE": os.path.join(work, "cache")}
 

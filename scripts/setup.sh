@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtual environment in .venv with Python 3.10 (>= 3.10.12).
-# With --quiet, prints nothing when the environment is already up to date (train.sh and infer.sh use it).
+# With --quiet (train.sh and infer.sh use it), prints nothing and only checks the stamp when the environment is up to
+# date.
 #
 # Installs the exact versions of requirements.txt, then this repository as a package in editable mode (pyproject.toml)
 # with its extras. Idempotent: a stamp holding the hash of requirements.txt, pyproject.toml and this script makes a
 # second run with nothing changed finish in about a second. Safe to run several times at once (two infer.sh started
 # together, nodes sharing the checkout): a lock serialises them. A .venv left half-made by an interrupted run (no
-# pip, a broken interpreter) is noticed and made again. Ends by proving that `import oneflow` works from the venv.
+# pip, a broken interpreter) is noticed and made again. Ends by proving that `import oneflow` works from the venv
+# (except on --quiet's up-to-date path).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +38,14 @@ find_python310() {
 exec 9>"$ROOT/.venv.lock"
 flock 9
 
+# The stamp covers this script too: changing how we install also re-installs.
+want="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+# train.sh and infer.sh (--quiet) run this before every command: when the stamp, written only once everything below
+# has succeeded, matches and the interpreter runs, there is nothing to do and no time to spend proving it again.
+if [ "$QUIET" = 1 ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && "$VENV/bin/python" -c "$PY_CHECK" 2>/dev/null; then
+  exit 0
+fi
+
 if [ -e "$VENV" ] && ! { "$VENV/bin/python" -c "$PY_CHECK" && "$VENV/bin/python" -m pip --version; } >/dev/null 2>&1; then
   echo "setup.sh: $VENV is incomplete or broken (an interrupted setup?); making it again" >&2
   rm -rf "$VENV"
@@ -55,8 +65,6 @@ MSG
   "$PY" -m venv "$VENV"
 fi
 
-# The stamp covers this script too: changing how we install also re-installs.
-want="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "setup.sh: installing requirements.txt into $VENV (first run downloads about 2.5 GB)"
   rm -f "$STAMP"
