@@ -232,6 +232,10 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
     data = next(p for p in latest.rglob("out"))
     data.write_bytes(data.read_bytes()[:100])  # a truncated copy
     said = []
+    # Only looking (before the run holds the directory's lock) finds the same checkpoint and leaves the index alone.
+    assert ckpt.latest_checkpoint(tmp_path, say=said.append, repair=False) == str(tmp_path / "checkpoint_epoch0001")
+    assert ckpt.read_index(tmp_path)["latest"] == "checkpoint_epoch0002"
+    said.clear()
     assert ckpt.latest_checkpoint(tmp_path, say=said.append) == str(tmp_path / "checkpoint_epoch0001")
     assert "checkpoint_epoch0002 named latest" in said[0] and "holds 100 bytes" in said[0]
     assert "skipping damaged checkpoint checkpoint_epoch0002" in said[1]

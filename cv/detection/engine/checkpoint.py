@@ -266,12 +266,13 @@ def save_checkpoint(output_dir, payload, epoch, part=None, ap=None, keep=3):
     return final
 
 
-def latest_checkpoint(output_dir, say=print):
+def latest_checkpoint(output_dir, say=print, repair=True):
     """Path of the newest intact checkpoint in ``output_dir``, or None.
 
     The index names it; when that checkpoint is damaged or missing, or the index itself is, the checkpoint
     directories are checked from the newest down (:func:`verify`), the first intact one is used, what was skipped is
-    said through ``say``, and the index is rewritten to match.
+    said through ``say``, and (``repair``) the index is rewritten to match. ``repair=False`` only looks: for a
+    question asked before the run holds the output directory's lock.
     """
     index = read_index(output_dir)
     name = index.get("latest")
@@ -299,7 +300,7 @@ def latest_checkpoint(output_dir, say=print):
         break
     if found is None:
         return None
-    if index.get("latest") != found:
+    if repair and index.get("latest") != found:
         index["latest"] = found
         if index.get("best") and not os.path.isdir(os.path.join(output_dir, index["best"])):
             index.pop("best", None), index.pop("best_ap", None)

@@ -254,8 +254,12 @@ def build_model(args, train_set, device):
     refuses other classes. What was loaded is kept in ``args.init`` (``args.json`` and the checkpoints). Which
     parameters train depends on the flags alone, so that a resumed run's optimizer matches the checkpoint's.
     """
-    resuming = args.resume and (args.resume != "auto" or os.path.isdir(args.output_dir) and
-                                ckpt.latest_checkpoint(args.output_dir, say=lambda *_: None) is not None)
+    resuming = bool(args.resume)
+    if args.resume == "auto" and os.path.isdir(args.output_dir):
+        # Asked before the run holds the output directory's lock: look, repair nothing.
+        resuming = ckpt.latest_checkpoint(args.output_dir, say=lambda *_: None, repair=False) is not None
+    elif args.resume == "auto":
+        resuming = False
     download = args.pretrained_backbone and not resuming
     if download:
         on_each_node(lambda: hub.resolve_weights(weights_url("vgg16_backbone"), max_bytes=max_weights_bytes()))
