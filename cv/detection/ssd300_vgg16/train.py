@@ -255,11 +255,9 @@ def build_model(args, train_set, device):
     parameters train depends on the flags alone, so that a resumed run's optimizer matches the checkpoint's.
     """
     resuming = bool(args.resume)
-    if args.resume == "auto" and os.path.isdir(args.output_dir):
-        # Asked before the run holds the output directory's lock: look, repair nothing.
-        resuming = ckpt.latest_checkpoint(args.output_dir, say=lambda *_: None, repair=False) is not None
-    elif args.resume == "auto":
-        resuming = False
+    if args.resume == "auto":  # asked before the run holds the output directory's lock: look, repair nothing
+        resuming = os.path.isdir(args.output_dir) and ckpt.latest_checkpoint(
+            args.output_dir, say=lambda *_: None, repair=False) is not None
     download = args.pretrained_backbone and not resuming
     if download:
         on_each_node(lambda: hub.resolve_weights(weights_url("vgg16_backbone"), max_bytes=max_weights_bytes()))
