@@ -56,11 +56,13 @@ def supports_bfloat16(core):
 
 def runnable_precision(core, precision, log=print):
     """``precision``, or ``"float32"`` for ``"bfloat16"`` on a CPU without it (after one ``log`` line saying so)."""
-    if precision == "bfloat16" and not supports_bfloat16(core):
-        capabilities = ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-        log(f"bfloat16: this CPU has no BF16 support (OpenVINO lists {capabilities}); running float32 instead")
-        return "float32"
-    return precision
+    if precision != "bfloat16":
+        return precision
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:
+        return precision
+    log(f"bfloat16: this CPU has no BF16 support (OpenVINO lists {', '.join(capabilities)}); running float32 instead")
+    return "float32"
 
 
 def read_onnx(core, path):
