@@ -62,10 +62,8 @@ def choose_backend(backend, precision, device, prefix=""):
         raise ValueError(f"{prefix}precision bfloat16 runs on OpenVINO: use {prefix}backend openvino (or leave "
                          f"{prefix}backend out)")
     if backend in (None, "auto"):
-        if precision == "bfloat16":
-            backend = "openvino"
-        else:
-            backend = "onnxruntime" if device.type == "cpu" or precision == "int8" else "oneflow"
+        backend = ("openvino" if precision == "bfloat16" else
+                   "onnxruntime" if device.type == "cpu" or precision == "int8" else "oneflow")
     if backend in ("onnxruntime", "openvino") and device.type != "cpu":
         raise ValueError(f"{prefix}backend {backend} runs on the CPU; drop {prefix}device"
                          + (f" or use {prefix}backend oneflow" if precision == "float32" else ""))
