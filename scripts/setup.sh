@@ -39,10 +39,13 @@ exec 9>"$ROOT/.venv.lock"
 flock 9
 
 # The stamp covers this script too: changing how we install also re-installs.
-want="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+wanted_stamp() {
+  cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1
+}
 # train.sh and infer.sh (--quiet) run this before every command: when the stamp, written only once everything below
 # has succeeded, matches and the interpreter runs, there is nothing to do and no time to spend proving it again.
-if [ "$QUIET" = 1 ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && "$VENV/bin/python" -c "$PY_CHECK" 2>/dev/null; then
+if [ "$QUIET" = 1 ] && [ -e "$STAMP" ] && [ "$(cat "$STAMP")" = "$(wanted_stamp)" ] \
+    && "$VENV/bin/python" -c "$PY_CHECK" 2>/dev/null; then
   exit 0
 fi
 
@@ -65,6 +68,7 @@ MSG
   "$PY" -m venv "$VENV"
 fi
 
+want="$(wanted_stamp)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "setup.sh: installing requirements.txt into $VENV (first run downloads about 2.5 GB)"
   rm -f "$STAMP"
