@@ -1,11 +1,12 @@
 """``benchmark.py --sections calibration``: int8 calibration attempts, each against ONNX Runtime float32, on the int8
-section's fitted SSD300-VGG16 (``bench_int8.fitted_networks``), for accuracy and speed.
+section's fitted SSD300-VGG16 (``bench_int8.fitted_model``), for accuracy and speed.
 
 Rows (all QDQ, weights int8 per channel, activations uint8, the L2 normalisation and heads float32 as
 :mod:`cv.detection.deploy.quantize` does; what varies is how activation ranges are chosen and what else stays float):
 
 - MinMax on 16 training images (today's recipe) and on 64;
-- Percentile (ONNX Runtime's histogram, 99.999th percentile) and Entropy (KL divergence), on 16 images;
+- Percentile (ONNX Runtime's histogram: the range that holds 99.999% of the values) and Entropy (KL divergence), on
+  16 images;
 - MinMax with the k most sensitive trunk convolutions left float32 (k = 1, 2, 4). Sensitivity is measured on the
   16 calibration images, one convolution at a time: how many dB the signal-to-quantization-noise ratio of the
   network's outputs (int8 against float32) gains when that convolution alone stays float32.
@@ -64,9 +65,9 @@ def conv_sensitivity(model, float_path, calibration_paths, work):
     batches = _preprocessed(model, calibration_paths)
     reference = _outputs(float_path, batches)
 
-    def sqnr(keep_float):
+    def sqnr(also_float):
         path = os.path.join(work, "sensitivity.onnx")
-        quantize(model, float_path, path, calibration_paths, keep_float=keep_float)
+        quantize(model, float_path, path, calibration_paths, also_float=also_float)
         return _sqnr(reference, _outputs(path, batches))
 
     everything = sqnr([])
@@ -82,18 +83,19 @@ def _preprocessed(model, paths):
 
 
 def bench_calibration(args):
-    from bench_int8 import coco_stats, fitted_networks
+    from bench_int8 import coco_stats, fitted_model
     from benchmark import summarize, time_alternating
     from cv.detection.data.base import load_rgb
     from cv.detection.data.coco import CocoDetection
     from cv.detection.data.sample import make_sample_dataset
     from cv.detection.data.transforms import to_chw_float
-    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD
+    from cv.detection.deploy.onnx_backend import OnnxRuntimeSSD, cached_export
     from cv.detection.deploy.quantize import match_rate, quantize
 
     result = {"rows": {}}
     with tempfile.TemporaryDirectory(prefix="bench-calibration-") as work:
-        model, dataset, float_path, today = fitted_networks(args, work, result)
+        model, dataset, _ = fitted_model(args, work, result)
+        float_path = cached_export(model, os.path.join(work, "onnx"))
         fitted_paths = [record.path for record in dataset.images]
         # More images of the same sample dataset (image i depends on the seed and i only): calibration beyond the
         # fitted ones, and a held-out val split.
@@ -117,7 +119,7 @@ def bench_calibration(args):
                 continue
             path = os.path.join(work, f"row{len(networks)}.onnx")
             start = time.perf_counter()
-            quantize(model, float_path, path, pool[:count], method=method, keep_float=[n for n, _ in ranking[:k]])
+            quantize(model, float_path, path, pool[:count], method=method, also_float=[n for n, _ in ranking[:k]])
             result["rows"][name] = {"quantize_s": time.perf_counter() - start}
             networks[name] = path
 

@@ -1,13 +1,14 @@
 """``benchmark.py --sections cli``: ``infer.sh --images`` as a user runs it, seconds per extra image, for each backend
 and precision, beside torchvision's ``ssd300_vgg16`` on PyTorch.
 
-The subject is the int8 section's fitted SSD300-VGG16 (``bench_int8.fitted_networks``), saved as a weights file, on
+The subject is the int8 section's fitted SSD300-VGG16 (``bench_int8.fitted_model``), saved as a weights file, on
 its sample images. Each contender runs as a fresh command twice, on 2 images and on 2 + --cli-extra-images; the
 difference over the extra images is the cost of one more image, whatever the command's one-off costs (starting
 Python, importing OneFlow, reading the weights, loading the network). That cost is all of infer.sh's per-image work:
 decoding, the network, post-processing, drawing, writing the JSON and the JPEG, the console line. The contenders
 alternate, each measured --repeats times (median, with the spread), after one warm-up run each that also makes the
-cached exports (the int8 network calibrated on 16 other training images).
+cached exports (the int8 network calibrated as ``--calibration-data`` does on the training split: 16 of its images,
+spread over it).
 
 torchvision (with --torchvision-python, or when this Python has it): a worker process with the same weights decodes
 and detects the same files (no drawing or writing), timed the same way, 2 images against the 2 + extra.
@@ -55,12 +56,12 @@ class InferCommand:
 
 
 def bench_cli(args):
-    from bench_int8 import TorchvisionWorker, fitted_networks, torchvision_python
+    from bench_int8 import TorchvisionWorker, fitted_model, torchvision_python
     from benchmark import summarize
 
     result = {"extra_images": args.cli_extra_images}
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as work:
-        model, dataset, _, _ = fitted_networks(args, work, result)
+        model, dataset, _ = fitted_model(args, work, result)
         paths = [record.path for record in dataset.images]
         total = BASE_IMAGES + args.cli_extra_images
         if len(paths) < total:

@@ -200,17 +200,16 @@ def profile_stages(model, detector, names, paths, out_dir, repeats, before=False
     return {s: 1000 * statistics.median(v[skip:]) for s, v in times.items()}
 
 
-def fitted_networks(args, work, result):
-    """The section's subject, made in ``work``: ``(model, dataset, float32 ONNX path, int8 ONNX path)``, the model
-    fitted to --int8-images sample images (``dataset``), its int8 network calibrated on 16 other training images.
-    With --fitted, the fitted model and its data are kept there and read back by later runs. Records the one-off
-    seconds (fit or read, export, quantization) and the image counts in ``result``."""
+def fitted_model(args, work, result):
+    """``(model, dataset, calibration paths)``, made in ``work``: the model fitted to --int8-images sample images
+    (``dataset``), and 16 other images of the same training split to calibrate int8 on. With --fitted, the fitted
+    model and its data are kept there and read back (through the weights loader: nothing in them runs) by later
+    runs. Records the seconds of fitting (or reading) and the image counts in ``result``."""
     from fitting import fitted_ssd300
     from cv.detection.data.coco import CocoDetection
-    from cv.detection.deploy.onnx_backend import cached_export
-    from cv.detection.ssd300_vgg16 import ssd300_vgg16
-    from cv.detection.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, cached_quantized_export
+    from cv.detection.deploy.quantize import DEFAULT_CALIBRATION_IMAGES
     from cv.detection.data.sample import make_sample_dataset
+    from cv.detection.ssd300_vgg16.detector import load_model
 
     n, calibration = args.int8_images, DEFAULT_CALIBRATION_IMAGES
     kept = args.fitted and os.path.join(args.fitted, f"ssd300-{n}-images-{args.int8_steps}-steps")
@@ -218,8 +217,7 @@ def fitted_networks(args, work, result):
     start = time.perf_counter()
     if kept and os.path.exists(os.path.join(kept, "weights")):
         dataset = CocoDetection(root, "train", max_images=n)
-        model = ssd300_vgg16(num_classes=dataset.num_classes).eval()
-        model.load_state_dict(flow.load(os.path.join(kept, "weights")))
+        model = load_model(os.path.join(kept, "weights"))[0]
         print(f"  fitted model read from {kept}", flush=True)
     else:
         make_sample_dataset(root, seed=0, num_train=n + calibration, num_val=1)
@@ -236,6 +234,18 @@ def fitted_networks(args, work, result):
     paths = [record.path for record in dataset.images]
     all_train = sorted(glob.glob(os.path.join(root, "train2017", "*.jpg")))
     calibration_paths = [p for p in all_train if p not in paths][:calibration]
+    result["images"], result["calibration_images"] = n, len(calibration_paths)
+    return model, dataset, calibration_paths
+
+
+def fitted_networks(args, work, result):
+    """The section's subject, made in ``work``: ``(model, dataset, float32 ONNX path, int8 ONNX path)``: the model
+    and dataset of :func:`fitted_model`, its network exported and quantized (calibrated on the 16 other images).
+    Records the one-off seconds (fit or read, export, quantization) and the image counts in ``result``."""
+    from cv.detection.deploy.onnx_backend import cached_export
+    from cv.detection.deploy.quantize import cached_quantized_export
+
+    model, dataset, calibration_paths = fitted_model(args, work, result)
     cache = os.path.join(work, "onnx")
     start = time.perf_counter()
     float_path = cached_export(model, cache)
@@ -243,7 +253,6 @@ def fitted_networks(args, work, result):
     start = time.perf_counter()
     int8_path = cached_quantized_export(model, cache, calibration_paths, log=lambda m: None)
     result["quantize_s"] = time.perf_counter() - start
-    result["images"], result["calibration_images"] = n, len(calibration_paths)
     return model, dataset, float_path, int8_path
 
 

@@ -193,21 +193,22 @@ def _calibration_reader(model, paths, input_name, batch_size):
     return Reader()
 
 
-def quantize(model, float_path, path, calibration_paths, method="MinMax", keep_float=()):
+def quantize(model, float_path, path, calibration_paths, method="MinMax", also_float=()):
     """Quantize the float32 network ``float_path`` (exported from ``model`` by :func:`onnx_backend.export`) into
     ``path``, calibrated on ``calibration_paths`` (images, through ``model``'s pre-processing); the JSON beside it
     is the float32 one's plus the precision and the calibration. Written aside and renamed into place (JSON last).
     Returns ``path``.
 
-    ``method`` and ``keep_float`` are for experiments (``benchmark.py --sections calibration``): ONNX Runtime's
-    calibration method (``"MinMax"``, ``"Percentile"``: the 99.999th percentile of the absolute values, or
-    ``"Entropy"``), and the names of trunk nodes to leave float32 besides the usual ones."""
+    ``method`` and ``also_float`` are for experiments (``benchmark.py --sections calibration``): ONNX Runtime's
+    calibration method (``"MinMax"``, ``"Percentile"``: the range that holds 99.999% of the values seen, or
+    ``"Entropy"``), and the names of trunk nodes to leave float32 besides the usual ones. Either recorded in the
+    JSON's ``recipe`` when not the default."""
     onnx, quantization = _require_quantization_tools()
 
     with open(float_path + ".json") as f:
         info = json.load(f)
     network = unshare_initializers(to_opset13(onnx.load(float_path)))
-    keep_float = float32_nodes(network) + list(keep_float)
+    keep_float = float32_nodes(network) + list(also_float)
     with tempfile.TemporaryDirectory(prefix="int8-") as work, fileio.atomic_path(path) as tmp:
         opset13 = os.path.join(work, "opset13.onnx")
         onnx.save(network, opset13)
@@ -226,8 +227,8 @@ def quantize(model, float_path, path, calibration_paths, method="MinMax", keep_f
                 extra_options={"CalibTensorRangeSymmetric": False})
         finally:
             root.setLevel(level)
-    recipe = RECIPE if (method, tuple(keep_float)) == ("MinMax", ()) else {**RECIPE, "calibration": method,
-                                                                            "float32_nodes": list(keep_float)}
+    recipe = RECIPE if (method, tuple(also_float)) == ("MinMax", ()) else {**RECIPE, "calibration": method,
+                                                                            "float32_nodes": list(also_float)}
     fileio.write_json(path + ".json", {**info, "precision": "int8", "recipe": recipe,
                                        "calibration_images": [os.path.abspath(p) for p in calibration_paths]})
     return path
