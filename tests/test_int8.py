@@ -302,6 +302,29 @@ def test_openvino_bfloat16_stays_close_to_float32_or_runs_float32(fitted, networ
     assert abs(h["AP"] - f["AP"]) <= BFLOAT16_AP and matched >= BFLOAT16_TWINS * total, summary
 
 
+def test_calibration_method_and_extra_float32_nodes_are_applied_and_recorded(fitted, networks, tmp_path):
+    """quantize()'s experiment settings (benchmark.py --sections calibration): the named trunk convolution keeps
+    float32 weights, and the JSON records the method and the node, while the default network records the recipe."""
+    import onnx
+
+    from cv.detection.deploy.quantize import RECIPE, calibration_images, quantize
+
+    model, _, calibration, _ = fitted
+    _, float_path, int8_path, _ = networks
+    assert json.loads(open(int8_path + ".json").read())["recipe"] == RECIPE
+    conv = next(n.name for n in onnx.load(float_path).graph.node if n.op_type == "Conv")  # conv1_1
+    path = quantize(model, float_path, str(tmp_path / "variant.onnx"), calibration_images(str(calibration), 2),
+                    method="Percentile", also_float=[conv])
+    recipe = json.loads(open(path + ".json").read())["recipe"]
+    assert recipe == {**RECIPE, "calibration": "Percentile", "float32_nodes": [conv]}
+    variant = onnx.load(path)
+    producers = {out: n for n in variant.graph.node for out in n.output}
+    (node,) = [n for n in variant.graph.node if n.name == conv]
+    assert node.input[1] in {t.name for t in variant.graph.initializer} and node.input[1] not in producers
+    others = [n for n in variant.graph.node if n.op_type == "Conv" and ".head." not in n.name and n.name != conv]
+    assert len(others) == 22 and all(producers[n.input[1]].op_type == "DequantizeLinear" for n in others)
+
+
 def test_quantized_once_per_weights_and_calibration(fitted, networks):
     """The first quantization said what it did and how long it took; asked again, the cached file is returned
     without a word; other calibration images make another file."""
